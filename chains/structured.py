@@ -1,0 +1,119 @@
+"""``StructuredChain``: template + model + output type -> a validated instance of the type.
+
+    >>> class Person(BaseModel):
+    ...     name: str
+    ...     age: int
+    >>> chain = StructuredChain(Person, model=load_model())
+    >>> chain.invoke({"text": "Anna is 31."})
+    Person(name='Anna', age=31)
+
+The decoding constraint is compiled when the chain is built, so the first call does not pay for
+it and an unsupported type fails at once. Template variables are checked against the chain's
+input fields at build time too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, create_model
+
+from castline.chains.base import Chain, Output, parse_generation
+from castline.models.local import LocalModel
+from castline.prompts.templates import PromptTemplate, load_template
+from castline.schemas.output_types import OutputSpec, output_spec
+from castline.schemas.settings import GenerationSettings
+
+DEFAULT_INSTRUCTION = "Read the user's text and answer with exactly the requested output."
+
+_default_model: LocalModel | None = None
+
+
+def default_model() -> LocalModel:
+    """The embedded default model, loaded once per process and shared by chains built without one."""
+    global _default_model
+    if _default_model is None:
+        from castline.models.local import load_model
+
+        _default_model = load_model()
+    return _default_model
+
+
+class StructuredChain(Chain[Output]):
+    """Render a template, generate under the output type's constraint, return a validated object.
+
+    Args:
+        output_type: a Pydantic model (or any type Pydantic describes), a ``Literal``/``Enum``/
+            ``Labels`` label set, or ``Regex(pattern)``.
+        model: a ``LocalModel``; None uses the embedded default model.
+        template: a shipped template name, a ``.jinja`` path, or a ``PromptTemplate``.
+        input_type: a Pydantic model for the input; by default the input is a dict holding the
+            template's variables (a plain string is accepted when there is only one).
+        partial_variables: template values fixed when the chain is built (instruction, ...).
+        examples: few-shot pairs ``(input dict, output)`` shown to the model as earlier turns.
+        settings / generation keywords: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``.
+    """
+
+    def __init__(
+        self,
+        output_type: Any,
+        *,
+        model: LocalModel | None = None,
+        template: str | Path | PromptTemplate = "structured",
+        input_type: type[BaseModel] | None = None,
+        partial_variables: Mapping[str, Any] | None = None,
+        examples: Sequence[tuple[Mapping[str, Any], Any]] = (),
+        settings: GenerationSettings | None = None,
+        **generation: Any,
+    ) -> None:
+        self.model = model or default_model()
+        self.spec: OutputSpec = output_spec(output_type)
+        self.template = load_template(template)
+        self.settings = (settings or GenerationSettings()).merged(generation)
+        self.partials = {**self._provided_variables(examples), **(partial_variables or {})}
+        if input_type is not None:
+            self.template.check_variables(
+                set(input_type.model_fields) | set(self.partials), f"input type {input_type.__name__}"
+            )
+            self.input_model = input_type
+        else:
+            needed = sorted(self.template.variables - set(self.partials))
+            fields: dict[str, Any] = {name: (Any, ...) for name in needed}
+            self.input_model = create_model(f"{type(self).__name__}Input", **fields)
+        # Compile the constraint now: the first call stays fast, a bad type fails here.
+        self.model.index_for(self.spec.regex)
+
+    def _provided_variables(self, examples: Sequence[tuple[Mapping[str, Any], Any]]) -> dict[str, Any]:
+        schema = json.dumps(self.spec.json_schema, separators=(",", ":")) if self.spec.json_schema else ""
+        return {
+            "instruction": DEFAULT_INSTRUCTION,
+            "output_schema": schema,
+            "labels": list(self.spec.labels),
+            "examples": [
+                {"input": dict(inp), "output": self.serialize(out)} for inp, out in examples
+            ],
+        }
+
+    def serialize(self, value: Any) -> str:
+        """The exact text the constrained decoder produces for ``value`` (used for few-shot turns)."""
+        if self.spec.kind == "json":
+            from pydantic import TypeAdapter
+
+            return TypeAdapter(self.spec.python_type).dump_json(value).decode()
+        return str(getattr(value, "value", value))
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802 - langchain-core's name
+        return self.spec.python_type
+
+    def prompt_for(self, values: Mapping[str, Any]) -> str:
+        """The exact prompt text the model sees for ``values`` (chat template applied)."""
+        return self.model.chat_prompt(self.template.render({**self.partials, **values}))
+
+    def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
+        prompts = [self.prompt_for(values) for values in inputs]
+        generations = self.model.generate(prompts, self.spec, settings)
+        return [parse_generation(g, self.spec, settings) for g in generations]

@@ -1,0 +1,198 @@
+"""Output types: what a chain returns, and the regular language decoding is held to.
+
+``output_spec(t)`` turns whatever a user passes as an output type into an ``OutputSpec``: the
+regex the decoder is constrained to, a parser from the decoded text to the typed value, and a
+default token budget. Accepted types:
+
+- a label set: ``Literal["a", "b"]``, an ``Enum`` subclass, or ``Labels([...])`` -- decoded as the
+  bare label text, returned as the label (or the Enum member);
+- ``Regex(pattern)`` -- returned as the matching string;
+- anything Pydantic can describe with a JSON Schema: a ``BaseModel`` (nested models, lists,
+  enums, Optional, Literal, constrained strings and numbers), ``list[Model]``, ``int``, ...
+  -- decoded as compact JSON, returned validated.
+
+The regexes are built with outlines_core, which is a compiled library and does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from castline.schemas.errors import OutputTypeError, OutputValidationError
+
+# One optional space between JSON tokens: enough for the model's habits, and it stops a small model
+# from spending its budget on runs of whitespace.
+JSON_WHITESPACE = r"[ ]?"
+
+
+@dataclass(frozen=True)
+class Regex:
+    """Constrain the output to a regular expression; the chain returns the matching string.
+
+    >>> Regex(r"\\d{4}-\\d{2}-\\d{2}")
+    """
+
+    pattern: str
+    max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A set of labels, each optionally with a description shown to the model."""
+
+    names: tuple[str, ...]
+    descriptions: tuple[str | None, ...] = ()
+
+    def __init__(self, names: Sequence[str], descriptions: Sequence[str | None] | None = None):
+        names = tuple(names)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise OutputTypeError("labels must be a non-empty list of non-empty strings")
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise OutputTypeError(f"labels must be unique; repeated: {dupes}")
+        descriptions = tuple(descriptions) if descriptions is not None else (None,) * len(names)
+        if len(descriptions) != len(names):
+            raise OutputTypeError("give one description per label (None where there is none)")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "descriptions", descriptions)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How one output type is decoded and parsed."""
+
+    python_type: Any
+    regex: str
+    parse: Callable[[str], Any]
+    default_max_new_tokens: int
+    kind: str  # "labels", "regex" or "json"
+    labels: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None
+
+
+def labels_of(output_type: Any) -> Labels | None:
+    """The label set an output type stands for, or None when it is not a label set."""
+    if isinstance(output_type, Labels):
+        return output_type
+    if typing.get_origin(output_type) is typing.Literal:
+        values = typing.get_args(output_type)
+        if not all(isinstance(v, str) for v in values):
+            raise OutputTypeError("a Literal label set must hold strings only")
+        return Labels(values)
+    if isinstance(output_type, type) and issubclass(output_type, enum.Enum):
+        return Labels([str(m.value) for m in output_type])
+    return None
+
+
+def output_spec(output_type: Any) -> OutputSpec:
+    """Build the decoding spec of ``output_type`` (see the module docstring for what is accepted)."""
+    labels = labels_of(output_type)
+    if labels is not None:
+        return _label_spec(output_type, labels)
+    if isinstance(output_type, Regex):
+        return OutputSpec(str, output_type.pattern, lambda s: s, output_type.max_new_tokens, "regex")
+    if isinstance(output_type, str):
+        raise OutputTypeError(
+            f"output type {output_type!r} is a plain string; wrap a pattern as Regex({output_type!r}) "
+            "or labels as Labels([...])"
+        )
+    return _json_spec(output_type)
+
+
+def _label_spec(output_type: Any, labels: Labels) -> OutputSpec:
+    by_name: dict[str, Any] = {n: n for n in labels.names}
+    if isinstance(output_type, type) and issubclass(output_type, enum.Enum):
+        by_name = {str(m.value): m for m in output_type}
+    # outlines_core resolves alternation leftmost-first: with "card|card_arrival" the longer
+    # label could never be decoded. Longest first keeps every label reachable.
+    ordered = sorted(labels.names, key=len, reverse=True)
+    regex = "(" + "|".join(re.escape(n) for n in ordered) + ")"
+    longest = max(len(n) for n in labels.names)
+    return OutputSpec(
+        python_type=output_type if not isinstance(output_type, Labels) else str,
+        regex=regex,
+        parse=lambda s: by_name[s],
+        # A token holds at least one character, so the longest label bounds the budget.
+        default_max_new_tokens=longest + 2,
+        kind="labels",
+        labels=labels.names,
+    )
+
+
+def _json_spec(output_type: Any) -> OutputSpec:
+    from outlines_core.json_schema import build_regex_from_schema
+
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(output_type)
+        schema = strict_json_schema(adapter.json_schema())
+    except Exception as exc:  # pydantic raises several types for unsupported annotations
+        raise OutputTypeError(
+            f"cannot constrain decoding to {output_type!r}: {exc}. Use a Pydantic model, a "
+            "Literal/Enum label set, or Regex(pattern)"
+        ) from exc
+    try:
+        regex = build_regex_from_schema(json.dumps(schema), JSON_WHITESPACE)
+    except Exception as exc:
+        raise OutputTypeError(f"the JSON Schema of {output_type!r} is not supported: {exc}") from exc
+
+    def parse(text: str) -> Any:
+        try:
+            return adapter.validate_json(text)
+        except ValidationError as exc:
+            raise OutputValidationError(
+                f"model output does not validate as {getattr(output_type, '__name__', output_type)}: "
+                f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']} at "
+                f"{'.'.join(str(p) for p in exc.errors()[0]['loc']) or 'top level'}",
+                text,
+                [dict(e) for e in exc.errors()],
+            ) from exc
+
+    return OutputSpec(output_type, regex, parse, _json_budget(schema), "json", json_schema=schema)
+
+
+def strict_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` where every object forbids keys it does not declare.
+
+    Without this a grammar built from a default Pydantic schema lets the model add keys and run on.
+    """
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: visit(v) for k, v in node.items()}
+            if out.get("type") == "object" and "properties" in out:
+                out.setdefault("additionalProperties", False)
+            return out
+        if isinstance(node, list):
+            return [visit(v) for v in node]
+        return node
+
+    return visit(schema)
+
+
+def _json_budget(schema: dict[str, Any]) -> int:
+    """A default token budget for a JSON output: generous per declared field, capped.
+
+    Counted fields include those of nested definitions, so a nested model gets more room.
+    """
+    fields = 0
+
+    def visit(node: Any) -> None:
+        nonlocal fields
+        if isinstance(node, dict):
+            fields += len(node.get("properties", {}))
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(schema)
+    return min(1024, 64 + 48 * max(fields, 1))
