@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ValidationError
@@ -43,7 +44,10 @@ class Chain(Runnable[Any, Output], ABC):
     def _coerce_input(self, value: Any) -> dict[str, Any]:
         if isinstance(value, BaseModel):
             value = value.model_dump()
-        elif isinstance(value, str) and len(self.input_model.model_fields) == 1:
+        elif isinstance(value, PromptValue):
+            # Output of a langchain-core prompt upstream: its text is the chain's one input field.
+            value = value.to_string()
+        if isinstance(value, str) and len(self.input_model.model_fields) == 1:
             value = {next(iter(self.input_model.model_fields)): value}
         if not isinstance(value, Mapping):
             raise InvalidInputError(
