@@ -36,7 +36,9 @@ class Chain(Runnable[Any, Output], ABC):
     input_model: type[BaseModel]
 
     @abstractmethod
-    def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Output | Exception]:
+    def _run_batch(
+        self, inputs: list[dict[str, Any]], settings: GenerationSettings
+    ) -> list[Output | Exception]:
         """Outputs for validated ``inputs``, in order; a failed item is its exception."""
 
     # -- input ---------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ class Chain(Runnable[Any, Output], ABC):
     # -- Runnable ------------------------------------------------------------------------------
 
     @property
-    def InputType(self) -> type[BaseModel]:  # noqa: N802 - langchain-core's name
+    def InputType(self) -> type[BaseModel]:
         return self.input_model
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:

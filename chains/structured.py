@@ -92,9 +92,7 @@ class StructuredChain(Chain[Output]):
             "instruction": DEFAULT_INSTRUCTION,
             "output_schema": schema,
             "labels": list(self.spec.labels),
-            "examples": [
-                {"input": dict(inp), "output": self.serialize(out)} for inp, out in examples
-            ],
+            "examples": [{"input": dict(inp), "output": self.serialize(out)} for inp, out in examples],
         }
 
     def serialize(self, value: Any) -> str:
@@ -106,7 +104,7 @@ class StructuredChain(Chain[Output]):
         return str(getattr(value, "value", value))
 
     @property
-    def OutputType(self) -> Any:  # noqa: N802 - langchain-core's name
+    def OutputType(self) -> Any:
         return self.spec.python_type
 
     def prompt_for(self, values: Mapping[str, Any]) -> str:

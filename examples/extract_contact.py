@@ -29,7 +29,7 @@ MESSAGES = [
 
 def main() -> None:
     extract = StructuredChain(Contact)
-    for message, contact in zip(MESSAGES, extract.batch(MESSAGES)):
+    for message, contact in zip(MESSAGES, extract.batch(MESSAGES), strict=True):
         print(f"{message}\n  -> {contact!r}")
 
 

@@ -20,7 +20,7 @@ def main() -> None:
         Team,
         partial_variables={"instruction": "Which team should handle this banking support message?"},
     )
-    for ticket, team in zip(TICKETS, route.batch(TICKETS)):
+    for ticket, team in zip(TICKETS, route.batch(TICKETS), strict=True):
         print(f"{team:>9}  <- {ticket}")
 
 

@@ -117,9 +117,8 @@ def converted_gguf_dir(gguf: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -158,7 +157,9 @@ def pick_dtype(dtype: Any, device: str) -> Any:
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         except KeyError:
-            raise ModelLoadError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', not {dtype!r}") from None
+            raise ModelLoadError(
+                f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', not {dtype!r}"
+            ) from None
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # On CPUs with native bf16 instructions bf16 decodes ~1.9x faster than fp32 (measured on this

@@ -92,7 +92,9 @@ class LocalModel:
         if self.tokenizer.chat_template is None:
             # Base models without a chat template: plain turns, the assistant's open at the end.
             return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-        return str(self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
+        return str(
+            self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -203,7 +205,9 @@ def load_model(
         device_map = {"": 0} if on_gpu else {"": "cpu"}
     torch_dtype = pick_dtype(dtype, "cuda" if on_gpu else "cpu")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, trust_remote_code=trust_remote_code, local_files_only=True
+        )
         hf_model = AutoModelForCausalLM.from_pretrained(
             directory,
             dtype=torch_dtype,

@@ -4,8 +4,7 @@ import time
 import pytest
 import torch
 
-from castline.models import load_model, resolve_source
-from castline.models import loading
+from castline.models import load_model, loading, resolve_source
 from castline.schemas import (
     DefaultModelMissingError,
     ModelLoadError,
@@ -47,7 +46,7 @@ def test_pickle_weights_are_refused(tmp_path):
 
 
 def test_directory_without_config_or_gguf(tmp_path):
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         resolve_source(tmp_path)
 
 
@@ -75,7 +74,11 @@ def test_cache_location_follows_the_environment_variable(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     ("dtype", "device", "expected"),
-    [("float32", "cpu", torch.float32), (torch.float16, "cpu", torch.float16), ("bfloat16", "cpu", torch.bfloat16)],
+    [
+        ("float32", "cpu", torch.float32),
+        (torch.float16, "cpu", torch.float16),
+        ("bfloat16", "cpu", torch.bfloat16),
+    ],
 )
 def test_explicit_dtypes(dtype, device, expected):
     assert loading.pick_dtype(dtype, device) is expected
