@@ -24,6 +24,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -33,6 +34,7 @@ from transformers import (
 
 from castline.models.constraints import GuidedLogitsProcessor, build_vocabulary, replay_is_complete
 from castline.models.loading import pick_dtype, resolve_source, weights_dir
+from castline.models.spans import VocabularyTrie
 from castline.prompts.templates import Message
 from castline.schemas.errors import InvalidInputError, ModelLoadError, OutputTypeError
 from castline.schemas.output_types import OutputSpec
@@ -46,6 +48,7 @@ class Generation:
     text: str
     token_ids: tuple[int, ...]
     complete: bool  # False when max_new_tokens cut the output off
+    token_logprobs: tuple[float, ...] = ()  # of each token, under the constrained distribution
 
 
 class LocalModel:
@@ -65,6 +68,7 @@ class LocalModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._vocabulary: Vocabulary | None = None
         self._indexes: dict[str, Index] = {}
+        self._trie: VocabularyTrie | None = None
         self._lock = threading.RLock()
 
     # -- identity and limits -------------------------------------------------------------------
@@ -137,10 +141,16 @@ class LocalModel:
         prompts: Sequence[str],
         spec: OutputSpec | None = None,
         settings: GenerationSettings | None = None,
+        *,
+        processor: LogitsProcessor | None = None,
+        default_budget: int = 256,
     ) -> list[Generation]:
-        """Generate one output per prompt in one batched call, constrained to ``spec`` if given."""
+        """Generate one output per prompt in one batched call.
+
+        Decoding follows ``spec``'s regex, or a custom ``processor`` (span grammars), or is free.
+        """
         settings = settings or GenerationSettings()
-        budget = settings.max_new_tokens or (spec.default_max_new_tokens if spec else 256)
+        budget = settings.max_new_tokens or (spec.default_max_new_tokens if spec else default_budget)
         eos = self.tokenizer.eos_token_id
         index = self.index_for(spec.regex) if spec is not None else None
         with self._lock:
@@ -148,6 +158,8 @@ class LocalModel:
             processors = LogitsProcessorList()
             if index is not None:
                 processors.append(GuidedLogitsProcessor(index, eos))
+            if processor is not None:
+                processors.append(processor)
             sampling = settings.temperature > 0
             if sampling:
                 # Warpers after the mask, so top-p picks among allowed tokens only.
@@ -163,20 +175,41 @@ class LocalModel:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             with torch.inference_mode():
-                out = self.hf_model.generate(**inputs, generation_config=config, logits_processor=processors)
-        new_tokens = out[:, inputs["input_ids"].shape[1] :].tolist()
-        return [self._finish(row, eos, index) for row in new_tokens]
+                out = self.hf_model.generate(
+                    **inputs,
+                    generation_config=config,
+                    logits_processor=processors,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+        new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
+        # out.scores holds the processed (masked) logits of each step; one step at a time keeps
+        # memory at one (batch x vocabulary) tensor.
+        per_step = [
+            (step.float().gather(1, new_tokens[:, t, None]) - step.float().logsumexp(1, keepdim=True))[:, 0]
+            for t, step in enumerate(out.scores)
+        ]
+        logprobs = torch.stack(per_step, dim=1).tolist()
+        rows = new_tokens.tolist()
+        return [self._finish(row, lp, eos, index) for row, lp in zip(rows, logprobs, strict=True)]
 
-    def _finish(self, row: list[int], eos: int, index: Index | None) -> Generation:
+    def _finish(self, row: list[int], logprobs: list[float], eos: int, index: Index | None) -> Generation:
         if eos in row:
-            ids = row[: row.index(eos)]
+            n = row.index(eos)
             complete = True
         else:
-            ids = row
+            n = len(row)
             # The output may be complete exactly at the budget, with no room left for EOS.
-            complete = index is not None and replay_is_complete(index, ids)
-        text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        return Generation(text, tuple(ids), complete)
+            complete = index is not None and replay_is_complete(index, row)
+        text = self.tokenizer.decode(row[:n], skip_special_tokens=False)
+        return Generation(text, tuple(row[:n]), complete, tuple(logprobs[: n + complete]))
+
+    def vocabulary_trie(self) -> VocabularyTrie:
+        """Character trie of the vocabulary for span-constrained decoding, built once."""
+        with self._lock:
+            if self._trie is None:
+                self._trie = VocabularyTrie(self.tokenizer)
+            return self._trie
 
 
 def load_model(

@@ -1,0 +1,235 @@
+"""Classification with a real probability for every label.
+
+The model is not asked to write a label or a confidence. Each label's full token sequence
+(followed by the end-of-turn token, so "card" and "card_arrival" stay distinct) is scored in one
+forward pass per few prompts (``castline.models.scoring``), and the probabilities are the
+normalised sequence probabilities over the label set.
+
+Calibration (on by default) removes the label prior a small model brings to the prompt: the label
+distribution for content-free inputs ("N/A", "", "[MASK]") is measured once per chain, and each
+prediction is divided by it and renormalised (contextual calibration). On the embedded model this
+lifts accuracy well above the uncalibrated scores (see benchmarks/tasks.py).
+
+Multi-label classification scores, for each label independently, "label: yes" against
+"label: no" after the prompt; the probability of "yes" (calibrated the same way) is compared with
+a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from castline.chains.base import Chain
+from castline.chains.structured import default_model
+from castline.models.local import LocalModel
+from castline.models.scoring import TokenTrie, score_candidates
+from castline.prompts.templates import PromptTemplate, load_template
+from castline.schemas.errors import InvalidInputError, OutputTypeError
+from castline.schemas.output_types import Labels, labels_of
+from castline.schemas.results import Classification, MultiLabelClassification
+from castline.schemas.settings import GenerationSettings
+
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+DEFAULT_INSTRUCTION = "Classify the user's text into exactly one of the labels."
+DEFAULT_MULTI_INSTRUCTION = "Decide which of the labels apply to the user's text; any number may apply."
+
+
+class TextInput(BaseModel):
+    text: str = Field(description="the text to classify")
+
+
+def as_labels(labels: Any, descriptions: Mapping[str, str] | None = None) -> Labels:
+    """A ``Labels`` from a list, a ``{name: description}`` dict, an Enum, a Literal or ``Labels``."""
+    if isinstance(labels, Mapping):
+        return Labels(list(labels), [labels[k] or None for k in labels])
+    found = labels_of(labels)
+    if found is None:
+        if isinstance(labels, str) or not isinstance(labels, Sequence):
+            raise OutputTypeError(
+                "labels must be a list of names, a {name: description} dict, an Enum or a Literal"
+            )
+        found = Labels(list(labels))
+    if descriptions:
+        unknown = set(descriptions) - set(found.names)
+        if unknown:
+            raise OutputTypeError(f"descriptions given for unknown labels {sorted(unknown)}")
+        found = Labels(found.names, [descriptions.get(n) for n in found.names])
+    return found
+
+
+class _LabelChain(Chain[Any]):
+    """What single- and multi-label classification share: labels, prompt, calibration."""
+
+    default_template: str
+    default_instruction: str
+
+    def __init__(
+        self,
+        labels: Any,
+        *,
+        model: LocalModel | None = None,
+        descriptions: Mapping[str, str] | None = None,
+        examples: Sequence[Mapping[str, Any]] = (),
+        instruction: str | None = None,
+        template: str | Path | PromptTemplate | None = None,
+        calibrate: bool = True,
+    ) -> None:
+        self.model = model or default_model()
+        self.labels = as_labels(labels, descriptions)
+        self.settings = GenerationSettings()
+        self.input_model = TextInput
+        self.calibrate = calibrate
+        self.template = load_template(template or self.default_template)
+        self.partials = {
+            "instruction": instruction or self.default_instruction,
+            "labels": [
+                {"name": n, "description": d}
+                for n, d in zip(self.labels.names, self.labels.descriptions, strict=True)
+            ],
+            "examples": [self._check_example(dict(e), i) for i, e in enumerate(examples)],
+        }
+        self.template.check_variables(set(self.partials) | {"text"}, "a classification chain")
+        self._trie = self._build_trie()
+        self._prior: torch.Tensor | None = None
+
+    def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _build_trie(self) -> TokenTrie:
+        raise NotImplementedError
+
+    def _label_tokens(self, name: str) -> list[int]:
+        return list(self.model.tokenizer(name, add_special_tokens=False).input_ids)
+
+    def prompt_for(self, text: str) -> str:
+        """The exact prompt the labels are scored after."""
+        return self.model.chat_prompt(self.template.render({**self.partials, "text": text}))
+
+    def _log_scores(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prior(self) -> torch.Tensor:
+        """Label log-scores for content-free inputs, measured once per chain."""
+        if self._prior is None:
+            self._prior = self._log_scores(list(CONTENT_FREE_INPUTS)).mean(dim=0)
+        return self._prior
+
+    def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
+        texts = [x["text"] for x in inputs]
+        fits, results = [], []
+        for text in texts:
+            needed = self.model.count_tokens(self.prompt_for(text)) + max(self._trie.depths) + 2
+            fits.append(needed <= self.model.max_context)
+        scores = self._log_scores([t for t, ok in zip(texts, fits, strict=True) if ok]) if any(fits) else None
+        rows = iter(scores if scores is not None else [])
+        for ok in fits:
+            if not ok:
+                results.append(
+                    InvalidInputError(
+                        f"text is too long for the model's context of {self.model.max_context} tokens "
+                        "with this prompt; shorten it or split it"
+                    )
+                )
+                continue
+            results.append(self._result(next(rows)))
+        return results
+
+    def _result(self, row: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+
+class Classify(_LabelChain):
+    """Single-label classification returning ``Classification`` with every label's probability.
+
+    >>> classify = Classify(["positive", "negative"])
+    >>> result = classify.invoke("Great food, friendly staff.")
+    >>> result.label, result.probabilities
+    ('positive', {'positive': 0.93, 'negative': 0.07})
+
+    Few-shot ``examples`` are ``{"text": ..., "label": ...}`` dicts, shown as earlier turns.
+    """
+
+    default_template = "classify"
+    default_instruction = DEFAULT_INSTRUCTION
+
+    @property
+    def OutputType(self) -> type[Classification]:  # noqa: N802 - langchain-core's name
+        return Classification
+
+    def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
+        if example.get("label") not in self.labels.names:
+            raise InvalidInputError(
+                f"example {index} has label {example.get('label')!r}, not one of {list(self.labels.names)}"
+            )
+        return example
+
+    def _build_trie(self) -> TokenTrie:
+        eos = self.model.tokenizer.eos_token_id
+        return TokenTrie.build([self._label_tokens(n) + [eos] for n in self.labels.names])
+
+    def _log_scores(self, texts: list[str]) -> torch.Tensor:
+        scores, _ = score_candidates(self.model, [self.prompt_for(t) for t in texts], self._trie)
+        return torch.log_softmax(scores, dim=-1)
+
+    def _result(self, row: torch.Tensor) -> Classification:
+        if self.calibrate:
+            row = torch.log_softmax(row - self.prior(), dim=-1)
+        probs = row.exp().tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return Classification(
+            label=self.labels.names[best],
+            probabilities=dict(zip(self.labels.names, probs, strict=True)),
+        )
+
+
+class MultiLabelClassify(_LabelChain):
+    """Multi-label classification: an independent probability per label, and a threshold.
+
+    >>> tag = MultiLabelClassify(["billing", "login", "bug"], threshold=0.5)
+    >>> tag.invoke("I was charged twice and now I can't sign in").labels
+    ['billing', 'login']
+
+    Few-shot ``examples`` are ``{"text": ..., "labels": [...]}`` dicts.
+    """
+
+    default_template = "classify_multi"
+    default_instruction = DEFAULT_MULTI_INSTRUCTION
+
+    def __init__(self, labels: Any, *, threshold: float = 0.5, **kwargs: Any) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise OutputTypeError(f"threshold must be between 0 and 1, not {threshold}")
+        self.threshold = threshold
+        super().__init__(labels, **kwargs)
+
+    @property
+    def OutputType(self) -> type[MultiLabelClassification]:  # noqa: N802 - langchain-core's name
+        return MultiLabelClassification
+
+    def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
+        unknown = set(example.get("labels", ())) - set(self.labels.names)
+        if "labels" not in example or unknown:
+            raise InvalidInputError(f"example {index} needs 'labels' from {list(self.labels.names)}")
+        return example
+
+    def _build_trie(self) -> TokenTrie:
+        return TokenTrie.build([self._label_tokens(f"{n}:") for n in self.labels.names])
+
+    def _log_scores(self, texts: list[str]) -> torch.Tensor:
+        yes_no = [self._label_tokens(" yes")[0], self._label_tokens(" no")[0]]
+        _, after = score_candidates(self.model, [self.prompt_for(t) for t in texts], self._trie, yes_no)
+        assert after is not None
+        # log-odds of "yes" against "no" for every label
+        return after[..., 0] - after[..., 1]
+
+    def _result(self, row: torch.Tensor) -> MultiLabelClassification:
+        if self.calibrate:
+            row = row - self.prior()
+        probs = {n: 1.0 / (1.0 + math.exp(-float(v))) for n, v in zip(self.labels.names, row, strict=True)}
+        chosen = sorted((n for n, p in probs.items() if p >= self.threshold), key=lambda n: -probs[n])
+        return MultiLabelClassification(labels=chosen, probabilities=probs, threshold=self.threshold)

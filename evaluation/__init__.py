@@ -1,0 +1,1 @@
+"""Reading labeled data, scoring chains on it, and the metrics (castline.evaluation)."""

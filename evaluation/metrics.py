@@ -1,0 +1,96 @@
+"""Metrics: accuracy and macro-F1, entity-level strict P/R/F1, SQuAD EM/F1, field accuracy."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
+    return sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold) if gold else 0.0
+
+
+def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Iterable[str] | None = None) -> float:
+    """Unweighted mean of per-label F1 over ``labels`` (default: every label in gold or predicted)."""
+    classes = sorted(set(labels) if labels is not None else set(gold) | set(predicted))
+    scores = []
+    for c in classes:
+        tp = sum(g == c and p == c for g, p in zip(gold, predicted, strict=True))
+        fp = sum(g != c and p == c for g, p in zip(gold, predicted, strict=True))
+        fn = sum(g == c and p != c for g, p in zip(gold, predicted, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def entity_prf(
+    gold: Sequence[Iterable[tuple[int, int, str]]], predicted: Sequence[Iterable[tuple[int, int, str]]]
+) -> dict[str, float]:
+    """Strict entity-level precision/recall/F1 (CoNLL/seqeval): a hit needs equal span and type."""
+    tp = n_gold = n_pred = 0
+    for g, p in zip(gold, predicted, strict=True):
+        gs, ps = set(g), set(p)
+        tp += len(gs & ps)
+        n_gold += len(gs)
+        n_pred += len(ps)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_scores(gold: Sequence[Sequence[str]], predicted: Sequence[str | None]) -> dict[str, float]:
+    """Exact match and token F1, each the max over an example's gold answers, averaged (0-100)."""
+    em = f1 = 0.0
+    for answers, pred in zip(gold, predicted, strict=True):
+        pred_text = pred or ""
+        if not answers:  # unanswerable: only "no answer" is right
+            em += float(not pred_text)
+            f1 += float(not pred_text)
+            continue
+        em += max(float(normalize_answer(a) == normalize_answer(pred_text)) for a in answers)
+        f1 += max(_token_f1(a, pred_text) for a in answers)
+    n = len(gold) or 1
+    return {"exact_match": 100 * em / n, "f1": 100 * f1 / n}
+
+
+def _token_f1(gold: str, predicted: str) -> float:
+    g, p = normalize_answer(gold).split(), normalize_answer(predicted).split()
+    common = Counter(g) & Counter(p)
+    same = sum(common.values())
+    if not g or not p:
+        return float(g == p)
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def normalize_field(value: Any) -> str:
+    """Whitespace- and punctuation-insensitive form of a field value, for per-field matching."""
+    text = "" if value is None else str(value)
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def field_accuracy(gold: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any] | None]) -> dict[str, float]:
+    """Exact match per field after normalisation, and their mean under ``field_accuracy``."""
+    fields = sorted({k for g in gold for k in g})
+    per_field = {}
+    for name in fields:
+        hits = sum(
+            p is not None and normalize_field(g.get(name)) == normalize_field(p.get(name))
+            for g, p in zip(gold, predicted, strict=True)
+        )
+        per_field[name] = hits / len(gold) if gold else 0.0
+    mean = sum(per_field.values()) / len(per_field) if per_field else 0.0
+    return {"field_accuracy": mean, **per_field}

@@ -1,0 +1,196 @@
+"""Scoring continuations: log-probabilities of many candidate token sequences in one pass.
+
+This is how castline gives a probability for every label instead of a number the model writes.
+For each prompt, the candidates (each label's tokens followed by the end-of-turn token) are laid
+out as a token trie after the prompt, and one forward pass computes them all: a custom 4D
+attention mask lets every trie node see the prompt and its own ancestors only, and position ids
+continue from the prompt along each branch. Shared label prefixes ("card_", "transfer_") are
+computed once, and the output head runs only at the positions whose next-token distribution is
+needed.
+
+The prompts of one call usually share a long prefix (instruction, label list, few-shot turns).
+That prefix runs once and its key/value cache is reused by every prompt, as a view, not a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from castline.models.local import LocalModel
+from castline.schemas.errors import InvalidInputError
+
+# Rows per forward pass: keeps the (rows x positions x vocabulary) logits small on a CPU.
+SCORING_ROWS = 4
+
+
+@dataclass(frozen=True)
+class TokenTrie:
+    """Candidate token sequences merged on shared prefixes."""
+
+    tokens: tuple[int, ...]  # token of each node
+    parents: tuple[int, ...]  # parent node, -1 for a child of the prompt
+    depths: tuple[int, ...]
+    paths: tuple[tuple[int, ...], ...]  # node indices spelling each candidate
+
+    @classmethod
+    def build(cls, sequences: Sequence[Sequence[int]]) -> TokenTrie:
+        tokens: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        children: dict[tuple[int, int], int] = {}
+        paths = []
+        for sequence in sequences:
+            if not sequence:
+                raise ValueError("every candidate needs at least one token")
+            node, path = -1, []
+            for depth, token in enumerate(sequence):
+                key = (node, token)
+                if key not in children:
+                    children[key] = len(tokens)
+                    tokens.append(token)
+                    parents.append(node)
+                    depths.append(depth)
+                node = children[key]
+                path.append(node)
+            paths.append(tuple(path))
+        return cls(tuple(tokens), tuple(parents), tuple(depths), tuple(paths))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def score_candidates(
+    model: LocalModel,
+    prompts: Sequence[str],
+    trie: TokenTrie,
+    next_tokens: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed log-probabilities of every candidate after every prompt.
+
+    Returns ``(scores, after)``: ``scores[i, j]`` is log P(candidate j | prompt i); when
+    ``next_tokens`` is given, ``after[i, j, k]`` is log P(next_tokens[k] | prompt i, candidate j),
+    normalised over the whole vocabulary.
+    """
+    ids = [model.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    longest = max(len(x) for x in ids) + max(trie.depths) + 2
+    if longest > model.max_context:
+        raise InvalidInputError(
+            f"a prompt plus its longest candidate needs {longest} tokens, over the model's context "
+            f"of {model.max_context}; shorten the input"
+        )
+    prefix_len = _common_prefix_length(ids)
+    with model._lock, torch.inference_mode():
+        prefix_cache = _prefix_cache(model, ids[0][:prefix_len])
+        results = [
+            _score_rows(model, [x[prefix_len:] for x in ids[start : start + SCORING_ROWS]], prefix_cache,
+                        prefix_len, trie, next_tokens)
+            for start in range(0, len(ids), SCORING_ROWS)
+        ]
+    scores = torch.cat([r[0] for r in results])
+    after = torch.cat([r[1] for r in results]) if next_tokens else None
+    return scores, after
+
+
+def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Longest shared prefix, leaving every prompt at least one token of its own."""
+    limit = min(len(x) for x in ids) - 1
+    n = 0
+    while n < limit and all(x[n] == ids[0][n] for x in ids):
+        n += 1
+    return n
+
+
+def _prefix_cache(model: LocalModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Key/value tensors of ``prefix``, kept on the model for the next call with the same prefix."""
+    cached = getattr(model, "_scoring_prefix", None)
+    if cached is not None and cached[0] == tuple(prefix):
+        return cached[1]
+    if not prefix:
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    else:
+        cache = DynamicCache()
+        model.hf_model.model(
+            input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True
+        )
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+    model._scoring_prefix = (tuple(prefix), layers)
+    return layers
+
+
+def _score_rows(
+    model: LocalModel,
+    suffixes: list[list[int]],
+    prefix_cache: list[tuple[torch.Tensor, torch.Tensor]],
+    prefix_len: int,
+    trie: TokenTrie,
+    next_tokens: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, n_nodes = len(suffixes), len(trie)
+    q_len = max(len(s) for s in suffixes) + n_nodes
+    device, dtype = model.device, model.dtype
+    blocked = torch.finfo(dtype).min
+
+    input_ids = torch.full((rows, q_len), model.tokenizer.pad_token_id, dtype=torch.long)
+    positions = torch.zeros((rows, q_len), dtype=torch.long)
+    mask = torch.full((rows, 1, q_len, prefix_len + q_len), blocked, dtype=dtype)
+    mask[:, :, :, :prefix_len] = 0  # everything sees the shared prefix
+    node_pos = torch.zeros((rows, n_nodes), dtype=torch.long)  # where each trie node sits
+    last_pos = torch.zeros(rows, dtype=torch.long)  # last prompt token of each row
+
+    trie_tokens = torch.tensor(trie.tokens)
+    depths = torch.tensor(trie.depths)
+    # ancestor[i, j]: node j is node i or one of its ancestors
+    ancestor = torch.eye(n_nodes, dtype=torch.bool)
+    for node, parent in enumerate(trie.parents):
+        if parent >= 0:
+            ancestor[node] |= ancestor[parent]
+    causal = torch.tril(torch.ones(q_len, q_len, dtype=torch.bool))
+
+    for row, suffix in enumerate(suffixes):
+        s = len(suffix)
+        input_ids[row, :s] = torch.tensor(suffix)
+        input_ids[row, s : s + n_nodes] = trie_tokens
+        positions[row, :s] = prefix_len + torch.arange(s)
+        positions[row, s : s + n_nodes] = prefix_len + s + depths
+        visible = torch.zeros(q_len, q_len, dtype=torch.bool)
+        visible[:s, :s] = causal[:s, :s]
+        visible[s : s + n_nodes, :s] = True
+        visible[s : s + n_nodes, s : s + n_nodes] = ancestor
+        mask[row, 0, :, prefix_len:].masked_fill_(visible, 0)
+        node_pos[row] = s + torch.arange(n_nodes)
+        last_pos[row] = s - 1
+
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(prefix_cache):
+        cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+    hidden = model.hf_model.model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache if prefix_cache else None,
+        use_cache=bool(prefix_cache),
+    ).last_hidden_state
+
+    # The distribution before node n sits at its parent's position (the prompt's last for roots).
+    parents = torch.tensor(trie.parents)
+    before = torch.where(parents >= 0, node_pos[:, parents.clamp(min=0)], last_pos[:, None])
+    needed = torch.unique(before)  # positions whose next-token distribution is used
+    if next_tokens:
+        leaves = torch.tensor([path[-1] for path in trie.paths])
+        needed = torch.unique(torch.cat([needed, node_pos[:, leaves].flatten()]))
+    lookup = torch.full((q_len,), -1, dtype=torch.long)
+    lookup[needed] = torch.arange(len(needed))
+    logprobs = torch.log_softmax(model.hf_model.lm_head(hidden[:, needed.to(device)]).float(), dim=-1).cpu()
+
+    row_index = torch.arange(rows)[:, None]
+    node_logprob = logprobs[row_index, lookup[before], trie_tokens[None, :]]  # (rows, nodes)
+    scores = torch.stack([node_logprob[:, list(path)].sum(dim=1) for path in trie.paths], dim=1)
+    after = torch.empty(0)
+    if next_tokens:
+        at_leaf = logprobs[row_index, lookup[node_pos[:, leaves]]]  # (rows, candidates, vocab)
+        after = at_leaf[:, :, list(next_tokens)]
+    return scores, after
