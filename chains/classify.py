@@ -159,7 +159,7 @@ class Classify(_LabelChain):
     default_instruction = DEFAULT_INSTRUCTION
 
     @property
-    def OutputType(self) -> type[Classification]:  # noqa: N802 - langchain-core's name
+    def OutputType(self) -> type[Classification]:
         return Classification
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class Classify(_LabelChain):
 
     def _build_trie(self) -> TokenTrie:
         eos = self.model.tokenizer.eos_token_id
-        return TokenTrie.build([self._label_tokens(n) + [eos] for n in self.labels.names])
+        return TokenTrie.build([[*self._label_tokens(n), eos] for n in self.labels.names])
 
     def _log_scores(self, texts: list[str]) -> torch.Tensor:
         scores, _ = score_candidates(self.model, [self.prompt_for(t) for t in texts], self._trie)
@@ -208,7 +208,7 @@ class MultiLabelClassify(_LabelChain):
         super().__init__(labels, **kwargs)
 
     @property
-    def OutputType(self) -> type[MultiLabelClassification]:  # noqa: N802 - langchain-core's name
+    def OutputType(self) -> type[MultiLabelClassification]:
         return MultiLabelClassification
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:

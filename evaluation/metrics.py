@@ -82,7 +82,9 @@ def normalize_field(value: Any) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def field_accuracy(gold: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any] | None]) -> dict[str, float]:
+def field_accuracy(
+    gold: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any] | None]
+) -> dict[str, float]:
     """Exact match per field after normalisation, and their mean under ``field_accuracy``."""
     fields = sorted({k for g in gold for k in g})
     per_field = {}

@@ -50,7 +50,9 @@ class ExtractionExample:
     output: dict[str, Any] = field(default_factory=dict)
 
 
-def read_labeled_csv(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[LabeledText]:
+def read_labeled_csv(
+    path: str | Path, text_column: str = "text", label_column: str = "label"
+) -> list[LabeledText]:
     """A CSV (or TSV, by extension or sniffing) with a header naming the text and label columns."""
     path = Path(path)
     raw = _read_text(path)
@@ -59,7 +61,9 @@ def read_labeled_csv(path: str | Path, text_column: str = "text", label_column: 
     columns = reader.fieldnames or []
     for column in (text_column, label_column):
         if column not in columns:
-            raise DataError(f"{path}: line 1: no column {column!r} in the header {columns}; name it with an option")
+            raise DataError(
+                f"{path}: line 1: no column {column!r} in the header {columns}; name it with an option"
+            )
     rows = []
     for line_no, row in enumerate(reader, start=2):
         text, label = row.get(text_column), row.get(label_column)
@@ -147,7 +151,9 @@ def read_squad(path: str | Path) -> list[QAExample]:
                     if context[start : start + len(text)] != text:
                         raise DataError(f"{path}: question {qa['id']}: answer {text!r} is not at {start}")
                 if not answers and not qa.get("is_impossible", False):
-                    raise DataError(f"{path}: question {qa['id']} has no answers and is not marked impossible")
+                    raise DataError(
+                        f"{path}: question {qa['id']} has no answers and is not marked impossible"
+                    )
                 examples.append(QAExample(str(qa["id"]), qa["question"], context, answers))
     if not examples:
         raise DataError(f"{path}: no questions found")
@@ -165,8 +171,10 @@ def read_jsonl(path: str | Path) -> list[ExtractionExample]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {line_no}: invalid JSON: {exc.msg}") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not isinstance(
-            record.get("output"), dict
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("text"), str)
+            or not isinstance(record.get("output"), dict)
         ):
             raise DataError(f"{path}: line {line_no}: expected {{'text': str, 'output': object}}")
         examples.append(ExtractionExample(record["text"], record["output"]))

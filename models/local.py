@@ -173,14 +173,14 @@ class LocalModel:
                 do_sample=sampling,
                 eos_token_id=eos,
                 pad_token_id=self.tokenizer.pad_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
             with torch.inference_mode():
                 out = self.hf_model.generate(
                     **inputs,
                     generation_config=config,
                     logits_processor=processors,
-                    output_scores=True,
-                    return_dict_in_generate=True,
                 )
         new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
         # out.scores holds the processed (masked) logits of each step; one step at a time keeps

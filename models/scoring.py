@@ -86,8 +86,14 @@ def score_candidates(
     with model._lock, torch.inference_mode():
         prefix_cache = _prefix_cache(model, ids[0][:prefix_len])
         results = [
-            _score_rows(model, [x[prefix_len:] for x in ids[start : start + SCORING_ROWS]], prefix_cache,
-                        prefix_len, trie, next_tokens)
+            _score_rows(
+                model,
+                [x[prefix_len:] for x in ids[start : start + SCORING_ROWS]],
+                prefix_cache,
+                prefix_len,
+                trie,
+                next_tokens,
+            )
             for start in range(0, len(ids), SCORING_ROWS)
         ]
     scores = torch.cat([r[0] for r in results])

@@ -70,6 +70,9 @@ class SpanState:
     starts: list[int] = field(default_factory=list)  # span starts consistent with what is typed
     length: int = 0  # characters of the span typed so far
     spans: list[tuple[int, int, str]] = field(default_factory=list)  # finished (start, end, label)
+    steps: int = 0  # tokens consumed so far
+    span_steps: list[tuple[int, int]] = field(default_factory=list)  # token range of each span's line
+    _line_start: int = 0
 
     def __post_init__(self) -> None:
         if self.labels is None:
@@ -94,6 +97,7 @@ class SpanState:
         start += len(raw) - len(raw.lstrip())
         end -= len(raw) - len(raw.rstrip())
         self.spans.append((start, end, self.label))
+        self.span_steps.append((self._line_start, self.steps))
         self.cursor = end
         self.starts, self.length = [], 0
 
@@ -144,18 +148,22 @@ class SpanProcessor(LogitsProcessor):
         ids = []
         for start in state.starts:
             ids += [t for t, _ in self._tokens_at(row, start + state.length)]
-        if state.span_text().strip():
-            ids += [self.eos_id] if state.labels is None else sorted(self.newline_ids)
+        if state.span_text().strip():  # the span may end here: a line break, or the end of output
+            ids += [self.eos_id, *self.newline_ids] if state.labels is not None else [self.eos_id]
         return ids or [self.eos_id]
 
     def _advance(self, state: SpanState, token: int) -> None:
         if state.mode == "done":
             return
         if token == self.eos_id:
-            if state.labels is None:
+            if state.mode == "span":
                 state.close_span()
             state.mode = "done"
-        elif state.mode == "label":
+            return
+        state.steps += 1
+        if state.mode == "label":
+            if not state.typed:
+                state._line_start = state.steps - 1
             state.typed += self.trie.texts[token]
             if state.typed in {f"{n}:" for n in state.labels or ()}:
                 state.open_span(state.typed[:-1])

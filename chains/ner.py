@@ -1,0 +1,148 @@
+"""Named-entity recognition whose entities are exact spans of the input, with offsets.
+
+    >>> ner = RecognizeEntities({"person": "a person's name", "location": "a place"})
+    >>> ner.invoke("Ada Lovelace was born in London.").entities
+    [Entity(text='Ada Lovelace', label='person', start=0, end=12, score=0.91), ...]
+
+Mentions are decoded under the span grammar of ``castline.models.spans``: each is a substring of
+the input by construction, in order of appearance, not overlapping (nested entities are not
+represented; run one chain per type for those). ``text == input[start:end]`` always holds.
+An entity's score is the geometric mean probability of the tokens of its line ("type: mention").
+
+Inputs longer than ``window_tokens`` are split into overlapping windows and the results merged
+with offsets into the original text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from castline.chains.base import Chain
+from castline.chains.classify import as_labels
+from castline.chains.structured import default_model
+from castline.chains.windows import merge_spans, split_windows
+from castline.models.local import LocalModel
+from castline.models.spans import SpanProcessor, SpanState
+from castline.prompts.templates import PromptTemplate, load_template
+from castline.schemas.errors import InvalidInputError, TruncatedOutputError
+from castline.schemas.results import Entities, Entity
+from castline.schemas.settings import GenerationSettings
+
+DEFAULT_INSTRUCTION = "Find the named entities of the listed types in the user's text."
+
+
+class NERInput(BaseModel):
+    text: str = Field(description="the text to find entities in")
+
+
+class RecognizeEntities(Chain[Entities]):
+    """Find entities of user-defined types; returns ``Entities`` with exact character offsets.
+
+    Args:
+        labels: entity types, as a list or a ``{type: description}`` dict.
+        examples: few-shot ``{"text": ..., "entities": [{"text": ..., "label": ...}]}`` dicts.
+        window_tokens: longest input handled in one pass; longer inputs are windowed.
+    """
+
+    def __init__(
+        self,
+        labels: Any,
+        *,
+        model: LocalModel | None = None,
+        descriptions: Mapping[str, str] | None = None,
+        examples: Sequence[Mapping[str, Any]] = (),
+        instruction: str | None = None,
+        template: str | Path | PromptTemplate = "ner",
+        window_tokens: int = 512,
+        window_overlap: int = 64,
+        settings: GenerationSettings | None = None,
+        **generation: Any,
+    ) -> None:
+        self.model = model or default_model()
+        self.labels = as_labels(labels, descriptions)
+        for name in self.labels.names:
+            if ":" in name or "\n" in name:
+                raise InvalidInputError(f"entity type {name!r} may not contain ':' or a line break")
+        self.settings = (settings or GenerationSettings()).merged(generation)
+        self.input_model = NERInput
+        self.template = load_template(template)
+        self.partials = {
+            "instruction": instruction or DEFAULT_INSTRUCTION,
+            "labels": [
+                {"name": n, "description": d}
+                for n, d in zip(self.labels.names, self.labels.descriptions, strict=True)
+            ],
+            "examples": [self._check_example(dict(e), i) for i, e in enumerate(examples)],
+        }
+        self.template.check_variables(set(self.partials) | {"text"}, "a NER chain")
+        self.window_tokens, self.window_overlap = window_tokens, window_overlap
+        self._newlines = [t for t, s in self.model.vocabulary_trie().texts.items() if s == "\n"]
+
+    def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
+        text = example.get("text")
+        entities = [
+            dict(e) if not isinstance(e, BaseModel) else e.model_dump() for e in example.get("entities", [])
+        ]
+        for e in entities:
+            if (
+                e.get("label") not in self.labels.names
+                or not isinstance(text, str)
+                or e.get("text") not in text
+            ):
+                raise InvalidInputError(
+                    f"example {index}: entity {e} needs a label from {list(self.labels.names)} and "
+                    "text that occurs in the example text"
+                )
+        return {"text": text, "entities": entities}
+
+    @property
+    def OutputType(self) -> type[Entities]:
+        return Entities
+
+    def prompt_for(self, text: str) -> str:
+        return self.model.chat_prompt(self.template.render({**self.partials, "text": text}))
+
+    def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
+        texts = [x["text"] for x in inputs]
+        pieces = []  # (item, window start, window text)
+        for item, text in enumerate(texts):
+            for start, end in split_windows(
+                text, self.model.tokenizer, self.window_tokens, self.window_overlap
+            ):
+                pieces.append((item, start, text[start:end]))
+        states = [SpanState(piece, tuple(self.labels.names)) for _, _, piece in pieces]
+        budget = settings.max_new_tokens or 32 + 2 * max(self.model.count_tokens(p) for _, _, p in pieces)
+        processor = SpanProcessor(
+            self.model.vocabulary_trie(), states, self.model.tokenizer.eos_token_id, self._newlines
+        )
+        generations = self.model.generate(
+            [self.prompt_for(p) for _, _, p in pieces],
+            settings=settings.merged({"max_new_tokens": budget}),
+            processor=processor,
+        )
+        found: list[list[tuple[int, int, str, float]]] = [[] for _ in texts]
+        failed: dict[int, Exception] = {}
+        for (item, offset, _), state, generation in zip(pieces, states, generations, strict=True):
+            if not generation.complete:
+                failed.setdefault(item, TruncatedOutputError(generation.text, budget))
+                continue
+            for (start, end, label), (first, last) in zip(state.spans, state.span_steps, strict=True):
+                logprobs = generation.token_logprobs[first:last] or (0.0,)
+                score = math.exp(sum(logprobs) / len(logprobs))
+                found[item].append((offset + start, offset + end, label, score))
+        results: list[Any] = []
+        for item, text in enumerate(texts):
+            if item in failed:
+                results.append(failed[item])
+                continue
+            entities = [
+                Entity(text=text[s:e], label=label, start=s, end=e, score=min(1.0, score))
+                for s, e, label, score in merge_spans(found[item])
+            ]
+            results.append(Entities(text=text, entities=entities))
+        return results
