@@ -24,6 +24,7 @@ from pydantic import BaseModel, create_model
 from castline.chains.base import Chain, Output, parse_generation
 from castline.models.local import LocalModel
 from castline.prompts.templates import PromptTemplate, load_template
+from castline.schemas.errors import OutputValidationError
 from castline.schemas.output_types import OutputSpec, output_spec
 from castline.schemas.settings import GenerationSettings
 
@@ -54,6 +55,8 @@ class StructuredChain(Chain[Output]):
             template's variables (a plain string is accepted when there is only one).
         partial_variables: template values fixed when the chain is built (instruction, ...).
         examples: few-shot pairs ``(input dict, output)`` shown to the model as earlier turns.
+        retries: how many times to sample again (temperature 0.7, seeded) an output that fits the
+            grammar but fails validation; 0 (the default) raises ``OutputValidationError`` at once.
         settings / generation keywords: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``.
     """
 
@@ -66,10 +69,12 @@ class StructuredChain(Chain[Output]):
         input_type: type[BaseModel] | None = None,
         partial_variables: Mapping[str, Any] | None = None,
         examples: Sequence[tuple[Mapping[str, Any], Any]] = (),
+        retries: int = 0,
         settings: GenerationSettings | None = None,
         **generation: Any,
     ) -> None:
         self.model = model or default_model()
+        self.retries = retries
         self.spec: OutputSpec = output_spec(output_type)
         self.template = load_template(template)
         self.settings = (settings or GenerationSettings()).merged(generation)
@@ -114,4 +119,13 @@ class StructuredChain(Chain[Output]):
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         prompts = [self.prompt_for(values) for values in inputs]
         generations = self.model.generate(prompts, self.spec, settings)
-        return [parse_generation(g, self.spec, settings) for g in generations]
+        results = [parse_generation(g, self.spec, settings) for g in generations]
+        for attempt in range(self.retries):
+            failed = [i for i, r in enumerate(results) if isinstance(r, OutputValidationError)]
+            if not failed:
+                break
+            retry = settings.merged({"temperature": 0.7, "seed": (settings.seed or 0) + attempt + 1})
+            again = self.model.generate([prompts[i] for i in failed], self.spec, retry)
+            for i, generation in zip(failed, again, strict=True):
+                results[i] = parse_generation(generation, self.spec, settings)
+        return results

@@ -224,7 +224,7 @@ def load_model(
 
     ``device_map`` goes to accelerate ("auto" spreads layers over the GPUs there are, within
     ``max_memory``); by default the model goes on the first GPU if there is one, else the CPU.
-    ``dtype="auto"`` picks bf16 on GPUs and CPUs with native bf16, else fp32.
+    ``dtype="auto"`` picks bf16 on GPUs (fp16 where bf16 is missing) and fp32 on CPUs.
 
     >>> model = load_model()                               # SmolLM2-135M-Instruct, embedded
     >>> model = load_model("path/to/model.gguf", dtype="float32")

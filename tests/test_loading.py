@@ -84,11 +84,8 @@ def test_explicit_dtypes(dtype, device, expected):
     assert loading.pick_dtype(dtype, device) is expected
 
 
-def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch):
-    monkeypatch.setattr(loading, "_cpu_has_native_bf16", lambda: False)
+def test_auto_dtype_is_fp32_on_cpu():
     assert loading.pick_dtype("auto", "cpu") is torch.float32
-    monkeypatch.setattr(loading, "_cpu_has_native_bf16", lambda: True)
-    assert loading.pick_dtype("auto", "cpu") is torch.bfloat16
 
 
 def test_bad_dtype_name():

@@ -1,0 +1,126 @@
+"""``evaluate(chain, data)``: run a chain over labeled data and report the task's metrics.
+
+Items are sent in batches; a progress bar goes to stderr on long runs. An item whose output is
+an error (e.g. truncated) counts as wrong and is counted in ``errors``, never dropped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from castline.evaluation.metrics import accuracy, entity_prf, field_accuracy, macro_f1, squad_scores
+from castline.evaluation.readers import ExtractionExample, LabeledText, QAExample, TaggedSentence
+
+
+class Report(BaseModel):
+    """Metrics of one evaluation run."""
+
+    task: str
+    n: int = Field(description="examples evaluated")
+    metrics: dict[str, float]
+    errors: int = Field(0, description="examples whose output was an error (counted as wrong)")
+    seconds: float = Field(description="wall time of the run")
+
+    def summary(self) -> str:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in self.metrics.items())
+        return f"{self.task}: n={self.n}, {figures}, errors {self.errors}, {self.seconds:.1f} s"
+
+
+def run_batched(
+    call: Callable[[list[Any]], list[Any]], inputs: Sequence[Any], batch_size: int, desc: str
+) -> list[Any]:
+    """``call`` over ``inputs`` in batches, with a progress bar on stderr when there are several."""
+    outputs: list[Any] = []
+    with tqdm(total=len(inputs), desc=desc, file=sys.stderr, disable=len(inputs) <= batch_size) as bar:
+        for start in range(0, len(inputs), batch_size):
+            chunk = list(inputs[start : start + batch_size])
+            outputs.extend(call(chunk))
+            bar.update(len(chunk))
+    return outputs
+
+
+def _batch(chain: Any) -> Callable[[list[Any]], list[Any]]:
+    return lambda xs: chain.batch(xs, return_exceptions=True)
+
+
+def evaluate_classify(chain: Any, data: Sequence[LabeledText], batch_size: int = 16) -> Report:
+    started = time.perf_counter()
+    outputs = run_batched(_batch(chain), [{"text": x.text} for x in data], batch_size, "classify")
+    predicted = ["" if isinstance(o, Exception) else o.label for o in outputs]
+    gold = [x.label for x in data]
+    labels = list(chain.labels.names)
+    return Report(
+        task="classify",
+        n=len(data),
+        metrics={"accuracy": accuracy(gold, predicted), "macro_f1": macro_f1(gold, predicted, labels)},
+        errors=sum(isinstance(o, Exception) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate_ner(chain: Any, data: Sequence[TaggedSentence], batch_size: int = 8) -> Report:
+    started = time.perf_counter()
+    outputs = run_batched(_batch(chain), [{"text": x.text} for x in data], batch_size, "ner")
+    predicted = [
+        set() if isinstance(o, Exception) else {(e.start, e.end, e.label) for e in o.entities}
+        for o in outputs
+    ]
+    return Report(
+        task="ner",
+        n=len(data),
+        metrics=entity_prf([set(x.entities) for x in data], predicted),
+        errors=sum(isinstance(o, Exception) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate_qa(chain: Any, data: Sequence[QAExample], batch_size: int = 8) -> Report:
+    started = time.perf_counter()
+    inputs = [{"question": x.question, "context": x.context} for x in data]
+    outputs = run_batched(_batch(chain), inputs, batch_size, "qa")
+    predicted = [None if isinstance(o, Exception) else o.text for o in outputs]
+    return Report(
+        task="qa",
+        n=len(data),
+        metrics=squad_scores([[a for a, _ in x.answers] for x in data], predicted),
+        errors=sum(isinstance(o, Exception) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate_extract(chain: Any, data: Sequence[ExtractionExample], batch_size: int = 4) -> Report:
+    started = time.perf_counter()
+    outputs = run_batched(_batch(chain), [{"text": x.text} for x in data], batch_size, "extract")
+    predicted = [
+        None if isinstance(o, Exception) else (o.model_dump() if isinstance(o, BaseModel) else dict(o))
+        for o in outputs
+    ]
+    return Report(
+        task="extract",
+        n=len(data),
+        metrics=field_accuracy([x.output for x in data], predicted),
+        errors=sum(isinstance(o, Exception) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate(chain: Any, data: Sequence[Any], batch_size: int | None = None) -> Report:
+    """Evaluate ``chain`` on ``data``; the task follows from the records' type."""
+    if not data:
+        raise ValueError("no data to evaluate")
+    first = data[0]
+    for record_type, fn in (
+        (LabeledText, evaluate_classify),
+        (TaggedSentence, evaluate_ner),
+        (QAExample, evaluate_qa),
+        (ExtractionExample, evaluate_extract),
+    ):
+        if isinstance(first, record_type):
+            return fn(chain, data, batch_size) if batch_size else fn(chain, data)
+    raise TypeError(f"no evaluation for records of type {type(first).__name__}")
