@@ -9,15 +9,25 @@
 Field descriptions go to the model inside the JSON Schema. With ``many=True`` the output is a
 list of records. Validators that decoding cannot enforce raise ``OutputValidationError`` with the
 raw output, or are retried by sampling again when ``retries`` > 0.
+
+With ``spans=True`` (flat schemas of ``str`` / ``str | None`` fields) every value is decoded
+under the span grammar: it is copied from the input by construction, so a small model can
+neither invent a value nor copy one from a few-shot example. ``Extract.spans_of(result)`` then
+gives each field's character offsets.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from castline.chains.structured import StructuredChain
+from castline.models.spans import SpanProcessor, SpanState
+from castline.schemas.errors import OutputTypeError, OutputValidationError, TruncatedOutputError
+from castline.schemas.settings import GenerationSettings
 
 DEFAULT_INSTRUCTION = (
     "Extract the requested fields from the user's text. Copy values exactly as they appear; "
@@ -33,12 +43,90 @@ class Extract(StructuredChain[Any]):
         schema: type[BaseModel],
         *,
         many: bool = False,
+        spans: bool = False,
+        max_field_tokens: int = 48,
         instruction: str | None = None,
-        template: Any = "structured",
+        template: Any = None,
         **kwargs: Any,
     ) -> None:
         partials = {"instruction": instruction or DEFAULT_INSTRUCTION, **kwargs.pop("partial_variables", {})}
         self.schema = schema
+        self.spans = spans
+        self.max_field_tokens = max_field_tokens
+        if spans:
+            if many:
+                raise OutputTypeError("spans=True extracts one record per text; use many=False")
+            self.optional = frozenset(_string_fields(schema))
+            partials["fields"] = [
+                {"name": name, "description": field.description}
+                for name, field in schema.model_fields.items()
+            ]
         super().__init__(
-            list[schema] if many else schema, template=template, partial_variables=partials, **kwargs
+            list[schema] if many else schema,
+            template=template or ("extract_spans" if spans else "structured"),
+            partial_variables=partials,
+            **kwargs,
         )
+        if spans:
+            self.partials["examples"] = [
+                {"input": e["input"], "record": schema.model_validate_json(e["output"]).model_dump()}
+                for e in self.partials["examples"]
+            ]
+            self._newlines = [t for t, s in self.model.vocabulary_trie().texts.items() if s == "\n"]
+
+    def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
+        if not self.spans:
+            return super()._run_batch(inputs, settings)
+        names = tuple(self.schema.model_fields)
+        states = [
+            SpanState(
+                x["text"], names, ordered=True, optional=self.optional, max_span_tokens=self.max_field_tokens
+            )
+            for x in inputs
+        ]
+        processor = SpanProcessor(
+            self.model.vocabulary_trie(), states, self.model.tokenizer.eos_token_id, self._newlines
+        )
+        budget = settings.max_new_tokens or 16 * len(names) + max(
+            self.model.count_tokens(x["text"]) for x in inputs
+        )
+        generations = self.model.generate(
+            [self.prompt_for(x) for x in inputs],
+            settings=settings.merged({"max_new_tokens": budget}),
+            processor=processor,
+        )
+        processor.finish([g.complete for g in generations])
+        results: list[Any] = []
+        for x, state, generation in zip(inputs, states, generations, strict=True):
+            if not generation.complete:
+                results.append(TruncatedOutputError(generation.text, budget))
+                continue
+            values = {label: (x["text"][s:e] if s >= 0 else None) for s, e, label in state.spans}
+            try:
+                results.append(self.schema.model_validate(values))
+            except ValidationError as exc:
+                results.append(
+                    OutputValidationError(f"extracted values do not validate: {exc}", generation.text)
+                )
+        return results
+
+
+def _string_fields(schema: type[BaseModel]) -> list[str]:
+    """Names of the optional fields; raises unless every field is ``str`` or ``str | None``."""
+    optional = []
+    for name, field in schema.model_fields.items():
+        annotation = field.annotation
+        args = set(typing.get_args(annotation))
+        if annotation is str:
+            continue
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args == {str, type(None)}:
+            optional.append(name)
+            continue
+        raise OutputTypeError(
+            f"spans=True needs str or str | None fields; {schema.__name__}.{name} is {annotation}. "
+            "Use spans=False for other types"
+        )
+    return optional
+
+
+__all__ = ["Extract"]

@@ -125,6 +125,7 @@ class RecognizeEntities(Chain[Entities]):
             settings=settings.merged({"max_new_tokens": budget}),
             processor=processor,
         )
+        processor.finish([g.complete for g in generations])
         found: list[list[tuple[int, int, str, float]]] = [[] for _ in texts]
         failed: dict[int, Exception] = {}
         for (item, offset, _), state, generation in zip(pieces, states, generations, strict=True):

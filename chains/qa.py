@@ -59,6 +59,7 @@ class AnswerQuestion(Chain[Answer]):
         examples: Sequence[Mapping[str, Any]] = (),
         instruction: str | None = None,
         template: str | Path | PromptTemplate = "qa",
+        max_answer_tokens: int = 24,
         window_tokens: int = 768,
         window_overlap: int = 128,
         settings: GenerationSettings | None = None,
@@ -66,6 +67,7 @@ class AnswerQuestion(Chain[Answer]):
     ) -> None:
         self.model = model or default_model()
         self.allow_no_answer = allow_no_answer
+        self.max_answer_tokens = max_answer_tokens
         self.settings = (settings or GenerationSettings()).merged(generation)
         self.input_model = QAInput
         self.template = load_template(template)
@@ -107,12 +109,13 @@ class AnswerQuestion(Chain[Answer]):
                 ):
                     pieces.append((item, ci, start, context[start:end], x["question"]))
         prompts = [self.prompt_for(q, w) for _, _, _, w, q in pieces]
-        states = [SpanState(w, None) for _, _, _, w, _ in pieces]
+        states = [SpanState(w, None, max_span_tokens=self.max_answer_tokens) for _, _, _, w, _ in pieces]
         budget = settings.max_new_tokens or 64
         processor = SpanProcessor(self.model.vocabulary_trie(), states, self.model.tokenizer.eos_token_id, ())
         generations = self.model.generate(
             prompts, settings=settings.merged({"max_new_tokens": budget}), processor=processor
         )
+        processor.finish([g.complete for g in generations])
         best: dict[int, Answer | Exception] = {}
         for (item, ci, offset, _, _), prompt, state, generation in zip(
             pieces, prompts, states, generations, strict=True

@@ -63,12 +63,16 @@ class SpanState:
 
     text: str
     labels: tuple[str, ...] | None  # None: a single answer span
+    ordered: bool = False  # fields: every label once, in order, spans anywhere in the text
+    optional: frozenset[str] = frozenset()  # ordered fields that may be left empty (None)
+    max_span_tokens: int | None = None  # a span this long must end
     cursor: int = 0  # spans must start here or later
     mode: str = "label"  # "label", "span" or "done"
     typed: str = ""  # label text typed so far
     label: str = ""
     starts: list[int] = field(default_factory=list)  # span starts consistent with what is typed
     length: int = 0  # characters of the span typed so far
+    span_tokens: int = 0  # tokens of the span typed so far
     spans: list[tuple[int, int, str]] = field(default_factory=list)  # finished (start, end, label)
     steps: int = 0  # tokens consumed so far
     span_steps: list[tuple[int, int]] = field(default_factory=list)  # token range of each span's line
@@ -79,8 +83,18 @@ class SpanState:
             self.open_span("")
 
     def open_span(self, label: str) -> None:
-        self.mode, self.label, self.length = "span", label, 0
-        self.starts = list(range(self.cursor, len(self.text)))
+        self.mode, self.label, self.length, self.span_tokens = "span", label, 0, 0
+        self.starts = list(range(0 if self.ordered else self.cursor, len(self.text)))
+
+    def next_labels(self) -> tuple[str, ...]:
+        """Labels that may start the next line."""
+        if not self.ordered:
+            return self.labels or ()
+        assert self.labels is not None
+        return self.labels[len(self.spans) : len(self.spans) + 1]
+
+    def may_end(self) -> bool:
+        return not self.ordered or len(self.spans) == len(self.labels or ())
 
     def span_text(self) -> str:
         """The span typed so far (all consistent starts spell the same text)."""
@@ -88,6 +102,11 @@ class SpanState:
 
     def close_span(self) -> None:
         """Record the typed span at its earliest possible start, without surrounding spaces."""
+        if not self.length and self.label in self.optional:
+            self.spans.append((-1, -1, self.label))  # an optional field left empty
+            self.span_steps.append((self._line_start, self.steps))
+            self.mode = "label"
+            return
         if not self.starts or not self.length:
             return
         start = min(self.starts)
@@ -116,6 +135,16 @@ class SpanProcessor(LogitsProcessor):
         # per row: position -> tokens spelling the text from there (no line breaks inside spans)
         self._at: list[dict[int, list[tuple[int, int]]]] = [{} for _ in self.states]
 
+    def finish(self, ended: Sequence[bool]) -> None:
+        """Close the spans of rows whose output ended with EOS.
+
+        ``generate`` does not call the processor after a row's last token, so the EOS that closes
+        a span is only seen here; ``ended[i]`` says whether row ``i`` stopped on EOS.
+        """
+        for state, stopped in zip(self.states, ended, strict=True):
+            if stopped and state.mode != "done":
+                self._advance(state, self.eos_id)
+
     def _tokens_at(self, row: int, position: int) -> list[tuple[int, int]]:
         cache = self._at[row]
         if position not in cache:
@@ -139,17 +168,24 @@ class SpanProcessor(LogitsProcessor):
         if state.mode == "done":
             return [self.eos_id]
         if state.mode == "label":
-            ids = [self.eos_id]  # the list may end at the start of any line
-            for name in state.labels or ():
+            ids = [self.eos_id] if state.may_end() else []  # a list may end at the start of any line
+            for name in state.next_labels():
                 target = f"{name}:"
                 if target.startswith(state.typed) and target != state.typed:
                     ids += [t for t, _ in self.trie.tokens_spelling(target, len(state.typed))]
             return ids
         ids = []
-        for start in state.starts:
-            ids += [t for t, _ in self._tokens_at(row, start + state.length)]
-        if state.span_text().strip():  # the span may end here: a line break, or the end of output
-            ids += [self.eos_id, *self.newline_ids] if state.labels is not None else [self.eos_id]
+        if state.max_span_tokens is None or state.span_tokens < state.max_span_tokens:
+            for start in state.starts:
+                ids += [t for t, _ in self._tokens_at(row, start + state.length)]
+        empty_ok = state.length == 0 and state.label in state.optional
+        if state.span_text().strip() or empty_ok:  # the span may end here: a line break or the end
+            if state.labels is None:
+                ids.append(self.eos_id)
+            else:
+                last = len(state.spans) + 1 == len(state.labels)
+                ids += [self.eos_id] if state.may_end() or (state.ordered and last) else []
+                ids += sorted(self.newline_ids) if not (state.ordered and last) else []
         return ids or [self.eos_id]
 
     def _advance(self, state: SpanState, token: int) -> None:
@@ -165,12 +201,13 @@ class SpanProcessor(LogitsProcessor):
             if not state.typed:
                 state._line_start = state.steps - 1
             state.typed += self.trie.texts[token]
-            if state.typed in {f"{n}:" for n in state.labels or ()}:
+            if state.typed in {f"{n}:" for n in state.next_labels()}:
                 state.open_span(state.typed[:-1])
-        elif token in self.newline_ids:
+        elif token in self.newline_ids and (state.length or state.label in state.optional):
             state.close_span()
             state.mode, state.typed = "label", ""
         else:
             piece = self.trie.texts[token]
             state.starts = [s for s in state.starts if state.text.startswith(piece, s + state.length)]
             state.length += len(piece)
+            state.span_tokens += 1

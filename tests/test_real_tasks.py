@@ -1,0 +1,79 @@
+"""Task chains on the embedded model: the guarantees hold, and accuracy clears a measured floor.
+
+Accuracy floors come from `python benchmarks/tasks.py` runs (figures in README.md), set well
+below the measured values so they catch regressions, not noise.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from castline.chains.classify import Classify
+from castline.chains.extract import Extract
+from castline.chains.ner import RecognizeEntities
+from castline.chains.qa import AnswerQuestion
+from castline.evaluation.evaluate import evaluate
+from castline.evaluation.readers import LabeledText
+from tests.test_tasks import CONTEXT, TEXTS, Receipt
+
+pytestmark = pytest.mark.real_model
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_classification_probabilities_are_complete(real_model):
+    chain = Classify(["positive", "negative", "neutral"], model=real_model)
+    for result in chain.batch(["Loved it!", "Awful service.", "It is a chair."]):
+        assert math.isclose(sum(result.probabilities.values()), 1.0, abs_tol=1e-5)
+        assert set(result.probabilities) == {"positive", "negative", "neutral"}
+
+
+@pytest.mark.skipif(not (DATA / "classification").is_dir(), reason=f"shared data not found at {DATA}")
+def test_sms_spam_accuracy_clears_the_majority_baseline(real_model):
+    rows = []
+    for line in (
+        (DATA / "classification" / "sms_spam_collection.tsv").read_text(encoding="utf-8").splitlines()
+    ):
+        label, text = line.rstrip("\r").split("\t", 1)
+        rows.append(LabeledText(text, label))
+    random.Random(1).shuffle(rows)
+    shots = [{"text": x.text, "label": x.label} for x in rows[:200] if x.label == "spam"][:2]
+    shots += [{"text": x.text, "label": x.label} for x in rows[:200] if x.label == "ham"][:2]
+    chain = Classify(
+        {
+            "ham": "an ordinary personal message between people",
+            "spam": "unsolicited advertising, prizes or scams",
+        },
+        model=real_model,
+        examples=shots,
+    )
+    report = evaluate(chain, rows[200:280])
+    assert report.errors == 0
+    assert report.metrics["accuracy"] >= 0.75
+
+
+def test_entities_are_exact_spans(real_model):
+    chain = RecognizeEntities({"person": "a person's name", "location": "a place"}, model=real_model)
+    for text, result in zip(TEXTS, chain.batch(TEXTS), strict=True):
+        for entity in result.entities:
+            assert text[entity.start : entity.end] == entity.text
+
+
+def test_answers_are_spans_of_the_context(real_model):
+    chain = AnswerQuestion(model=real_model, allow_no_answer=False)
+    for answer in chain.batch(
+        [
+            {"question": q, "context": CONTEXT}
+            for q in ["When was the tower finished?", "Where does it stand?"]
+        ]
+    ):
+        assert answer.has_answer and CONTEXT[answer.start : answer.end] == answer.text
+
+
+def test_span_extraction_values_come_from_the_text(real_model):
+    text = "ABC HO TRADING  NO.2, JALAN HARMONI  TOTAL: 31.00  THANK YOU"
+    result = Extract(Receipt, model=real_model, spans=True).invoke(text)
+    assert result.company in text and result.total in text
