@@ -140,7 +140,8 @@ def plain_outlines_qa(model: LocalModel, data: list) -> Report:
     def call(items: list) -> list[str]:
         nonlocal errors
         prompts = [
-            f"Context: {x.context}\nQuestion: {x.question}\nAnswer with a short span from the context, as JSON."
+            f"Context: {x.context}\nQuestion: {x.question}\n"
+            "Answer with a short span from the context, as JSON."
             for x in items
         ]
         out = []
@@ -292,7 +293,8 @@ def main() -> None:
         chain.batch(items)
         ours = time.perf_counter() - started
         print(
-            f"\n## label scoring speed, {len(items)} items x 6 labels: naive {naive:.1f} s, castline {ours:.1f} s, {naive / ours:.1f}x"
+            f"\n## label scoring speed, {len(items)} items x 6 labels: "
+            f"naive {naive:.1f} s, castline {ours:.1f} s, {naive / ours:.1f}x"
         )
 
     if "ner" in args.only:

@@ -58,7 +58,7 @@ def test_label_scores_equal_the_naive_full_sequence_log_probabilities(tiny_model
     """The trie pass with a shared prefix cache computes exactly what one pass per label would."""
     tok = tiny_model.tokenizer
     sequences = [
-        tok(s, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        [*tok(s, add_special_tokens=False).input_ids, tok.eos_token_id]
         for s in ["card", "card_arrival", "cash"]
     ]
     prompts = [tiny_model.chat_prompt([{"role": "user", "content": t}]) for t in TEXTS]

@@ -1,0 +1,234 @@
+"""The ``castline`` command: measure a chain on your own labeled file.
+
+    castline evaluate classify reviews.csv --labels positive,negative --few-shot 2 --json
+    castline evaluate ner dev.conll --sample 200 --seed 1
+    castline evaluate qa squad-dev.json --limit 100
+    castline evaluate extract receipts.jsonl --schema myapp.schemas:Receipt --spans
+
+Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object with ``n``
+and the task's metrics. Few-shot examples (``--few-shot K``: K per label for classify, K in all
+otherwise) are drawn with ``--seed`` from the data and left out of the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, create_model
+
+from castline.evaluation.readers import (
+    LabeledText,
+    QAExample,
+    TaggedSentence,
+    read_conll,
+    read_jsonl,
+    read_labeled_csv,
+    read_squad,
+    select,
+)
+from castline.schemas.errors import CastlineError, DataError, UserError
+
+TASKS = ("classify", "ner", "qa", "extract")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="castline", description="Typed results from a local language model."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    ev = commands.add_parser("evaluate", help="evaluate a task chain on a labeled file")
+    ev.add_argument("task", choices=TASKS)
+    ev.add_argument(
+        "data", type=Path, help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract)"
+    )
+    ev.add_argument("--model", default=None, help="a local model directory or .gguf file (default: embedded)")
+    ev.add_argument("--limit", type=int, help="evaluate the first N examples")
+    ev.add_argument("--sample", type=int, help="evaluate a seeded random sample of N examples")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--few-shot", type=int, default=0, metavar="K", help="few-shot examples drawn from the data"
+    )
+    ev.add_argument("--labels", help="comma-separated label set / entity types (default: from the data)")
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column", default="label")
+    ev.add_argument("--no-calibration", action="store_true", help="classify: turn calibration off")
+    ev.add_argument("--forbid-no-answer", action="store_true", help="qa: always answer with a span")
+    ev.add_argument("--schema", help="extract: module:Class (a Pydantic model) or a JSON Schema file")
+    ev.add_argument("--spans", action="store_true", help="extract: copy every field from the text")
+    ev.add_argument("--batch-size", type=int, default=None)
+    ev.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run_evaluate(args)
+    except CastlineError as exc:
+        print(f"castline: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "task": report.task,
+                    "n": report.n,
+                    **report.metrics,
+                    "errors": report.errors,
+                    "seconds": round(report.seconds, 2),
+                }
+            )
+        )
+    else:
+        print(report.summary())
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> Any:
+    from castline.evaluation.evaluate import evaluate
+    from castline.models import load_model
+
+    data, shots = _load(args)
+    model = load_model(args.model)
+    chain = _chain(args, model, data, shots)
+    return evaluate(chain, data, args.batch_size)
+
+
+def _load(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """The evaluation records and the few-shot records drawn from them (never both)."""
+    records: list[Any]
+    if args.task == "classify":
+        records = read_labeled_csv(args.data, args.text_column, args.label_column)
+    elif args.task == "ner":
+        records = read_conll(args.data)
+    elif args.task == "qa":
+        records = read_squad(args.data)
+    else:
+        records = read_jsonl(args.data)
+    shots: list[Any] = []
+    if args.few_shot:
+        rng = random.Random(args.seed)
+        if args.task == "classify":
+            for label in sorted({r.label for r in records}):
+                matching = [i for i, r in enumerate(records) if r.label == label]
+                shots += rng.sample(matching, min(args.few_shot, len(matching)))
+        else:
+            shots = rng.sample(range(len(records)), min(args.few_shot, len(records)))
+        chosen = set(shots)
+        shots = [records[i] for i in sorted(chosen)]
+        records = [r for i, r in enumerate(records) if i not in chosen]
+    return select(records, args.limit, args.sample, args.seed), shots
+
+
+def _chain(args: argparse.Namespace, model: Any, data: list[Any], shots: list[Any]) -> Any:
+    given = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    if args.task == "classify":
+        from castline.chains.classify import Classify
+
+        labels = given or sorted({x.label for x in data} | {x.label for x in shots})
+        unknown = {x.label for x in data} - set(labels)
+        if unknown:
+            raise DataError(f"{args.data}: labels {sorted(unknown)} are not in --labels")
+        examples = [{"text": x.text, "label": x.label} for x in shots if isinstance(x, LabeledText)]
+        return Classify(labels, model=model, examples=examples, calibrate=not args.no_calibration)
+    if args.task == "ner":
+        from castline.chains.ner import RecognizeEntities
+
+        labels = given or sorted(
+            {e[2] for x in data for e in x.entities} | {e[2] for x in shots for e in x.entities}
+        )
+        if not labels:
+            raise DataError(f"{args.data}: no entities in the data; give the types with --labels")
+        examples = [
+            {"text": x.text, "entities": [{"text": x.text[s:e], "label": lab} for s, e, lab in x.entities]}
+            for x in shots
+            if isinstance(x, TaggedSentence)
+        ]
+        return RecognizeEntities(labels, model=model, examples=examples)
+    if args.task == "qa":
+        from castline.chains.qa import AnswerQuestion
+
+        examples = [
+            {"question": x.question, "context": x.context, "answer": x.answers[0][0] if x.answers else None}
+            for x in shots
+            if isinstance(x, QAExample)
+        ]
+        return AnswerQuestion(model=model, allow_no_answer=not args.forbid_no_answer, examples=examples)
+    from castline.chains.extract import Extract
+
+    if not args.schema:
+        raise UserError("extract needs --schema module:Class or --schema schema.json")
+    schema = load_schema(args.schema)
+    examples = [({"text": x.text}, schema.model_validate(x.output)) for x in shots]
+    return Extract(schema, model=model, spans=args.spans, examples=examples)
+
+
+def load_schema(spec: str) -> type[BaseModel]:
+    """A Pydantic class from ``module:Class`` (importable from the current directory) or a JSON Schema."""
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"schema file {path} does not exist")
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+        return model_from_json_schema(schema, schema.get("title", "Record"))
+    module_name, _, class_name = spec.partition(":")
+    if not class_name:
+        raise UserError(f"--schema {spec!r}: use module:Class or a .json file")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"--schema {spec!r}: cannot import it ({exc})") from exc
+    if not (isinstance(found, type) and issubclass(found, BaseModel)):
+        raise UserError(f"--schema {spec!r} is not a Pydantic model class")
+    return found
+
+
+_JSON_TYPES: dict[str, Any] = {"string": str, "number": float, "integer": int, "boolean": bool}
+
+
+def model_from_json_schema(schema: dict[str, Any], name: str) -> type[BaseModel]:
+    """A Pydantic model for an object JSON Schema (nested objects, arrays, enums, nullable types)."""
+    if schema.get("type") != "object" or "properties" not in schema:
+        raise UserError(f"schema {name!r} must be an object with properties")
+    required = set(schema.get("required", []))
+    fields: dict[str, Any] = {}
+    for key, prop in schema["properties"].items():
+        annotation = _annotation(prop, f"{name}_{key}")
+        default = ... if key in required else None
+        if key not in required:
+            annotation = annotation | None
+        fields[key] = (annotation, default)
+    return create_model(name, **fields)
+
+
+def _annotation(prop: dict[str, Any], name: str) -> Any:
+    if "enum" in prop:
+        return Literal[tuple(prop["enum"])]
+    kind = prop.get("type")
+    nullable = isinstance(kind, list) and "null" in kind
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind == "object":
+        result: Any = model_from_json_schema(prop, name)
+    elif kind == "array":
+        result = list[_annotation(prop.get("items", {"type": "string"}), name)]
+    elif kind in _JSON_TYPES:
+        result = _JSON_TYPES[kind]
+    else:
+        raise UserError(f"schema property {name!r}: type {prop.get('type')!r} is not supported")
+    return result | None if nullable else result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
