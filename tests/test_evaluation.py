@@ -1,0 +1,189 @@
+"""Readers, metrics and the command line (no model needed except where the fixture says)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from castline.cli import load_schema, main, model_from_json_schema
+from castline.evaluation.metrics import (
+    accuracy,
+    entity_prf,
+    field_accuracy,
+    macro_f1,
+    normalize_answer,
+    squad_scores,
+)
+from castline.evaluation.readers import (
+    read_conll,
+    read_jsonl,
+    read_labeled_csv,
+    read_squad,
+    select,
+    tag_chunks,
+)
+from castline.schemas import DataError, UserError
+
+
+def test_bio_and_iob1_chunks():
+    assert tag_chunks(["B-PER", "I-PER", "O", "B-LOC"]) == [(0, 2, "PER"), (3, 4, "LOC")]
+    # IOB1: I- starts an entity unless it continues one of the same type; B- splits adjacent ones
+    assert tag_chunks(["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-ORG"]) == [
+        (0, 2, "PER"),
+        (2, 3, "PER"),
+        (4, 5, "LOC"),
+        (5, 6, "ORG"),
+    ]
+
+
+def test_conll_reader_skips_docstart_and_maps_character_spans(tmp_path):
+    path = tmp_path / "d.conll"
+    path.write_text("-DOCSTART- -X- O O\n\nAda B-person\nLovelace I-person\nwrote O\n\nParis I-location\n")
+    sentences = read_conll(path)
+    assert len(sentences) == 2
+    first = sentences[0]
+    assert first.text == "Ada Lovelace wrote"
+    assert [first.text[s:e] for s, e, _ in first.entities] == ["Ada Lovelace"]
+    assert sentences[1].entities == ((0, 5, "location"),)
+
+
+def test_conll_reader_names_file_and_line_on_bad_tags(tmp_path):
+    path = tmp_path / "bad.conll"
+    path.write_text("Ada B-person\nLovelace X-person\n")
+    with pytest.raises(DataError, match=r"bad\.conll: line 2"):
+        read_conll(path)
+
+
+def test_csv_reader_checks_columns_and_empty_cells(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,category\nhello,greet\n,greet\n")
+    with pytest.raises(DataError, match="no column 'label'"):
+        read_labeled_csv(path)
+    with pytest.raises(DataError, match="line 3"):
+        read_labeled_csv(path, label_column="category")
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("label\ttext\nham\thi there\n")
+    assert read_labeled_csv(tsv)[0].text == "hi there"
+
+
+def test_squad_reader_checks_offsets_and_understands_v2(tmp_path):
+    data = {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": "Ada was born in London.",
+                        "qas": [
+                            {
+                                "id": "1",
+                                "question": "Where?",
+                                "answers": [{"text": "London", "answer_start": 16}],
+                            },
+                            {"id": "2", "question": "When?", "answers": [], "is_impossible": True},
+                        ],
+                    }
+                ]
+            }
+        ]
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    examples = read_squad(path)
+    assert examples[0].answers == (("London", 16),) and examples[1].answers == ()
+    data["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="question 1"):
+        read_squad(path)
+
+
+def test_jsonl_reader_names_the_bad_line(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"text": "a", "output": {"x": 1}}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match="line 2"):
+        read_jsonl(path)
+
+
+def test_select_limit_and_seeded_sample():
+    items = list(range(100))
+    assert select(items, limit=3) == [0, 1, 2]
+    assert select(items, sample=5, seed=1) == select(items, sample=5, seed=1)
+    assert select(items, sample=5, seed=1) != select(items, sample=5, seed=2)
+    with pytest.raises(DataError):
+        select(items, sample=200)
+
+
+def test_classification_metrics():
+    gold, pred = ["a", "a", "b", "c"], ["a", "b", "b", "b"]
+    assert accuracy(gold, pred) == 0.5
+    # per-label F1: a 2/3, b 1/2, c 0
+    assert macro_f1(gold, pred) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_entity_prf_is_strict_on_span_and_type():
+    gold = [{(0, 3, "PER"), (10, 15, "LOC")}]
+    pred = [{(0, 3, "PER"), (10, 14, "LOC"), (20, 25, "ORG")}]
+    scores = entity_prf(gold, pred)
+    assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == 0.5
+    assert scores["f1"] == pytest.approx(0.4)
+
+
+def test_squad_normalisation_and_scores():
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    scores = squad_scores([["the cat sat"], ["London"]], ["cat sat", "in London town"])
+    assert scores["exact_match"] == 50.0
+    assert scores["f1"] == pytest.approx(75.0)  # 100 and 50 (precision 1/3, recall 1)
+    assert squad_scores([[]], [None]) == {"exact_match": 100.0, "f1": 100.0}  # unanswerable
+
+
+def test_field_accuracy_normalises_punctuation_and_space():
+    gold = [{"a": "NO.2, JALAN", "b": "1"}]
+    assert field_accuracy(gold, [{"a": "no 2 jalan", "b": "2"}]) == {
+        "field_accuracy": 0.5,
+        "a": 1.0,
+        "b": 0.0,
+    }
+    assert field_accuracy(gold, [None])["field_accuracy"] == 0.0
+
+
+def test_json_schema_files_become_pydantic_models(tmp_path):
+    schema = {
+        "title": "Order",
+        "type": "object",
+        "required": ["id", "items"],
+        "properties": {
+            "id": {"type": "integer"},
+            "status": {"enum": ["open", "closed"]},
+            "items": {
+                "type": "array",
+                "items": {"type": "object", "required": ["sku"], "properties": {"sku": {"type": "string"}}},
+            },
+            "note": {"type": ["string", "null"]},
+        },
+    }
+    model = model_from_json_schema(schema, "Order")
+    order = model.model_validate({"id": 1, "items": [{"sku": "x"}], "status": "open"})
+    assert order.id == 1 and order.note is None
+    path = tmp_path / "order.json"
+    path.write_text(json.dumps(schema))
+    assert load_schema(str(path)).model_fields.keys() == model.model_fields.keys()
+    with pytest.raises(UserError, match="module:Class"):
+        load_schema("no_colon_here")
+
+
+def test_cli_reports_bad_files_with_exit_code_2(tmp_path, capsys):
+    path = tmp_path / "bad.conll"
+    path.write_text("token-without-tag\n")
+    assert main(["evaluate", "ner", str(path)]) == 2
+    assert "bad.conll: line 1" in capsys.readouterr().err
+
+
+def test_cli_evaluate_prints_json_last(tmp_path, capsys, monkeypatch, tiny_model):
+    import castline.models
+
+    monkeypatch.setattr(castline.models, "load_model", lambda source=None: tiny_model)
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"item {i},{'ab'[i % 2]}\n" for i in range(12)))
+    assert main(["evaluate", "classify", str(path), "--few-shot", "1", "--limit", "6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n"] == 6 and 0 <= report["accuracy"] <= 1 and "macro_f1" in report
