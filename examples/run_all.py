@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = ["extract_contact", "route_ticket", "find_dates"]
+EXAMPLES = [
+    "extract_contact",
+    "route_ticket",
+    "find_dates",
+    "classify_intents",
+    "extract_receipt",
+    "ner_news",
+    "qa_paragraph",
+]
 
 
 def main() -> int:
