@@ -1,6 +1,19 @@
 """Chains: langchain-core Runnables that return typed objects from a local model."""
 
 from castline.chains.base import Chain
+from castline.chains.classify import Classify, MultiLabelClassify
+from castline.chains.extract import Extract
+from castline.chains.ner import RecognizeEntities
+from castline.chains.qa import AnswerQuestion
 from castline.chains.structured import StructuredChain, default_model
 
-__all__ = ["Chain", "StructuredChain", "default_model"]
+__all__ = [
+    "AnswerQuestion",
+    "Chain",
+    "Classify",
+    "Extract",
+    "MultiLabelClassify",
+    "RecognizeEntities",
+    "StructuredChain",
+    "default_model",
+]

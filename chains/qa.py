@@ -6,9 +6,15 @@
 
 The answer is decoded under the span grammar (``castline.models.spans``), so ``text ==
 context[start:end]`` by construction. Then the decoded span and the no-answer reply are scored
-as complete replies after the same prompt (``castline.models.scoring``); ``score`` is the span's
-share of the two. With ``allow_no_answer=True`` (the default) the chain answers "no answer" when
-that reply is likelier; with False it always returns the best span.
+as complete replies after the same prompt (``castline.models.scoring``, per token so length does
+not decide); ``score`` is the span's share of the two. With ``allow_no_answer=True`` the chain
+answers "no answer" when that reply is likelier; with False (the default, as in SQuAD v1) it
+always returns the best span. The embedded 135M model over-predicts "no answer", so turn it on
+with a larger model or after fine-tuning.
+
+When no ``examples`` are given, two short built-in demonstrations (``DEFAULT_EXAMPLES``) show the
+model the reply format -- a short copied span, or the no-answer reply; pass ``examples=[]`` with
+``default_examples=False`` to turn them off.
 
 ``context`` may be a list: one question over several contexts is one batch, and the likeliest
 span wins (``context_index`` says where). Several questions over one context are a ``batch``.
@@ -43,6 +49,20 @@ DEFAULT_INSTRUCTION = (
 )
 
 
+DEFAULT_EXAMPLES = (
+    {
+        "context": "The library opened in 1902 and holds 40,000 books. Its first director was Mary Hale.",
+        "question": "Who was the first director of the library?",
+        "answer": "Mary Hale",
+    },
+    {
+        "context": "The river rises in the northern hills and flows 220 kilometres to the sea.",
+        "question": "What fish live in the river?",
+        "answer": None,
+    },
+)
+
+
 class QAInput(BaseModel):
     question: str = Field(description="the question to answer")
     context: str | list[str] = Field(description="the passage (or passages) holding the answer")
@@ -55,8 +75,9 @@ class AnswerQuestion(Chain[Answer]):
         self,
         *,
         model: LocalModel | None = None,
-        allow_no_answer: bool = True,
+        allow_no_answer: bool = False,
         examples: Sequence[Mapping[str, Any]] = (),
+        default_examples: bool = True,
         instruction: str | None = None,
         template: str | Path | PromptTemplate = "qa",
         max_answer_tokens: int = 24,
@@ -71,6 +92,8 @@ class AnswerQuestion(Chain[Answer]):
         self.settings = (settings or GenerationSettings()).merged(generation)
         self.input_model = QAInput
         self.template = load_template(template)
+        if not examples and default_examples:
+            examples = DEFAULT_EXAMPLES if allow_no_answer else DEFAULT_EXAMPLES[:1]
         self.partials = {
             "instruction": instruction or DEFAULT_INSTRUCTION,
             "no_answer": NO_ANSWER,
@@ -144,9 +167,14 @@ class AnswerQuestion(Chain[Answer]):
         return results
 
     def _span_share(self, prompt: str, span_tokens: list[int]) -> float:
-        """P(span reply) / (P(span reply) + P(no-answer reply)) under the unconstrained model."""
+        """How much likelier the span reply is than the no-answer reply, as a probability.
+
+        Both replies are scored under the unconstrained model, per token: a long span has a lower
+        total probability than a short reply just for its length, which would bias the choice.
+        """
         eos = self.model.tokenizer.eos_token_id
-        trie = TokenTrie.build([[*span_tokens, eos], [*self._no_answer_tokens, eos]])
-        scores, _ = score_candidates(self.model, [prompt], trie)
-        share = torch.softmax(scores[0], dim=0)[0].item()
+        candidates = [[*span_tokens, eos], [*self._no_answer_tokens, eos]]
+        scores, _ = score_candidates(self.model, [prompt], TokenTrie.build(candidates))
+        per_token = scores[0] / torch.tensor([len(c) for c in candidates], dtype=scores.dtype)
+        share = torch.softmax(per_token, dim=0)[0].item()
         return float(min(1.0, max(0.0, share))) if not math.isnan(share) else 0.0
