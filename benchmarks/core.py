@@ -162,10 +162,10 @@ def main() -> None:
         f"unconstrained {tok['unconstrained_ms']:.1f} ms, ratio "
         f"{tok['constrained_ms'] / tok['unconstrained_ms']:.3f} (target <= 1.05)"
     )
-    fp32 = per_token(load_model(dtype="float32"), prompt)
+    bf16 = per_token(load_model(dtype="bfloat16"), prompt)
     print(
-        f"per token float32: constrained {fp32['constrained_ms']:.1f} ms -> bf16 is "
-        f"{fp32['constrained_ms'] / tok['constrained_ms']:.2f}x faster"
+        f"per token bfloat16: constrained {bf16['constrained_ms']:.1f} ms -> bf16 decodes "
+        f"{tok['constrained_ms'] / bf16['constrained_ms']:.2f}x faster than the default"
     )
 
     vs = castline_vs_outlines(model)

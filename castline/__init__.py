@@ -16,6 +16,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "StructuredChain": "castline.chains",
     "Chain": "castline.chains",
+    "Classify": "castline.chains",
+    "MultiLabelClassify": "castline.chains",
+    "RecognizeEntities": "castline.chains",
+    "AnswerQuestion": "castline.chains",
+    "Extract": "castline.chains",
     "load_model": "castline.models",
     "LocalModel": "castline.models",
     "PromptTemplate": "castline.prompts",

@@ -109,3 +109,19 @@ def test_settings_merge_and_reject_unknown_names():
     assert base.merged({"temperature": 0.5}).max_new_tokens == 10
     with pytest.raises(UserError, match="max_tokens"):
         base.merged({"max_tokens": 5})
+
+
+def test_public_names_resolve_and_match_all():
+    import castline
+    import castline.chains
+    import castline.models
+    import castline.prompts
+    import castline.schemas
+
+    for module in (castline.chains, castline.models, castline.prompts, castline.schemas):
+        public = {
+            n for n in vars(module) if not n.startswith("_") and not isinstance(getattr(module, n), type(sys))
+        }
+        assert set(module.__all__) <= public
+    for name in castline.__all__:
+        assert getattr(castline, name) is not None
