@@ -11,8 +11,11 @@ or bound once with ``chain.bind(temperature=0.7, seed=1)``.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 from langchain_core.prompt_values import PromptValue
@@ -20,8 +23,17 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ValidationError
 
+from castline.models.adapters import (
+    METADATA_FILE,
+    LoraSettings,
+    TrainingReport,
+    load_adapter,
+    payload_hash,
+    save_adapter,
+    train_adapter,
+)
 from castline.models.local import Generation, LocalModel
-from castline.schemas.errors import InvalidInputError, TruncatedOutputError
+from castline.schemas.errors import InvalidInputError, ModelLoadError, TruncatedOutputError
 from castline.schemas.output_types import OutputSpec
 from castline.schemas.settings import GenerationSettings
 
@@ -34,6 +46,7 @@ class Chain(Runnable[Any, Output], ABC):
     model: LocalModel
     settings: GenerationSettings
     input_model: type[BaseModel]
+    adapter: str | None = None  # the LoRA adapter this chain runs with (None: the base model)
 
     @abstractmethod
     def _run_batch(
@@ -64,6 +77,88 @@ class Chain(Runnable[Any, Output], ABC):
         # Fields keep their Python values (nested objects stay objects for the template).
         return {name: getattr(checked, name) for name in self.input_model.model_fields}
 
+    # -- adapters ------------------------------------------------------------------------------
+
+    def training_pair(self, input: Any, output: Any) -> tuple[str, str]:
+        """The prompt this chain builds for ``input`` and the exact text its decoder emits for ``output``.
+
+        Raises ``InvalidInputError`` naming the problem when ``output`` is not a valid output.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be fine-tuned")
+
+    def adapter_payload(self) -> dict[str, Any]:
+        """What an adapter for this chain is bound to: the task and its labels or schema."""
+        return {"task": type(self).__name__}
+
+    def fine_tune(
+        self,
+        examples: Sequence[tuple[Any, Any]],
+        *,
+        settings: LoraSettings | None = None,
+        name: str | None = None,
+        save_to: str | Path | None = None,
+        evaluate_on: Sequence[Any] | None = None,
+    ) -> TrainingReport:
+        """Train a LoRA adapter from ``(input, expected output)`` pairs and use it in this chain.
+
+        Every example is checked before training starts; a bad one raises ``InvalidInputError``
+        naming its row. ``evaluate_on`` (records of ``castline.evaluation.readers``) is evaluated
+        after training and the figures go into the report and the saved metadata.
+        """
+        pairs = []
+        for row, (value, output) in enumerate(examples):
+            try:
+                pairs.append(self.training_pair(self._coerce_input(value), output))
+            except (InvalidInputError, ValueError) as exc:
+                raise InvalidInputError(f"training example {row}: {exc}") from exc
+        name = name or f"{type(self).__name__.lower()}-{len(self.model.adapters)}"
+        report = train_adapter(self.model, name, pairs, settings)
+        self.adapter = name
+        self._adapter_changed()
+        if evaluate_on:
+            from castline.evaluation.evaluate import evaluate
+
+            report.evaluation = evaluate(self, list(evaluate_on)).metrics
+        if save_to is not None:
+            payload = self.adapter_payload()
+            save_adapter(
+                self.model,
+                name,
+                save_to,
+                {
+                    **payload,
+                    "payload_hash": payload_hash(payload),
+                    "template": getattr(getattr(self, "template", None), "source", None),
+                    "settings": asdict(settings or LoraSettings()),
+                    "training": asdict(report),
+                },
+            )
+        return report
+
+    def use_adapter(self, directory: str | Path, name: str | None = None) -> Chain[Output]:
+        """Load a saved adapter into this chain's model (once) and run this chain with it.
+
+        Refuses an adapter trained for another task, label set or schema, or another base model.
+        """
+        directory = Path(directory)
+        name = name or directory.resolve().name
+        if name not in self.model.adapters:
+            metadata = load_adapter(self.model, directory, name)
+        else:
+            metadata = json.loads((directory / METADATA_FILE).read_text())
+        payload = self.adapter_payload()
+        if metadata.get("payload_hash") != payload_hash(payload):
+            raise ModelLoadError(
+                f"adapter {directory} was trained for {metadata.get('task')} with a different label set "
+                f"or schema than this {type(self).__name__}; build the chain with the same labels/schema"
+            )
+        self.adapter = name
+        self._adapter_changed()
+        return self
+
+    def _adapter_changed(self) -> None:
+        """Hook for chains that cache model-dependent state (classification's calibration prior)."""
+
     # -- Runnable ------------------------------------------------------------------------------
 
     @property
@@ -80,7 +175,8 @@ class Chain(Runnable[Any, Output], ABC):
         settings = self._settings_for(kwargs)
 
         def run_one(value: Any) -> Output:
-            result = self._run_batch([self._coerce_input(value)], settings)[0]
+            with self.model.using(self.adapter):
+                result = self._run_batch([self._coerce_input(value)], settings)[0]
             if isinstance(result, Exception):
                 raise result
             return result
@@ -107,7 +203,8 @@ class Chain(Runnable[Any, Output], ABC):
                         raise
                     coerced.append(exc)
             valid = [c for c in coerced if not isinstance(c, Exception)]
-            results = iter(self._run_batch(valid, settings) if valid else [])
+            with self.model.using(self.adapter):
+                results = iter(self._run_batch(valid, settings) if valid else [])
             return [c if isinstance(c, Exception) else next(results) for c in coerced]
 
         return self._batch_with_config(run_all, inputs, config, return_exceptions=return_exceptions)

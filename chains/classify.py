@@ -101,6 +101,9 @@ class _LabelChain(Chain[Any]):
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def adapter_payload(self) -> dict[str, Any]:
+        return {"task": type(self).__name__, "labels": list(self.labels.names)}
+
     def _build_trie(self) -> TokenTrie:
         raise NotImplementedError
 
@@ -113,6 +116,9 @@ class _LabelChain(Chain[Any]):
 
     def _log_scores(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
+
+    def _adapter_changed(self) -> None:
+        self._prior = None  # the content-free prior belongs to the model as adapted
 
     def prior(self) -> torch.Tensor:
         """Label log-scores for content-free inputs, measured once per chain."""
@@ -177,6 +183,12 @@ class Classify(_LabelChain):
         scores, _ = score_candidates(self.model, [self.prompt_for(t) for t in texts], self._trie)
         return torch.log_softmax(scores, dim=-1)
 
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+        label = output.label if isinstance(output, Classification) else getattr(output, "value", output)
+        if label not in self.labels.names:
+            raise InvalidInputError(f"label {label!r} is not one of {list(self.labels.names)}")
+        return self.prompt_for(input["text"]), str(label)
+
     def _result(self, row: torch.Tensor) -> Classification:
         if self.calibrate:
             row = torch.log_softmax(row - self.prior(), dim=-1)
@@ -226,6 +238,14 @@ class MultiLabelClassify(_LabelChain):
         assert after is not None
         # log-odds of "yes" against "no" for every label
         return after[..., 0] - after[..., 1]
+
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+        chosen = set(output.labels if isinstance(output, MultiLabelClassification) else output)
+        unknown = chosen - set(self.labels.names)
+        if unknown:
+            raise InvalidInputError(f"labels {sorted(unknown)} are not in {list(self.labels.names)}")
+        lines = [f"{n}: {'yes' if n in chosen else 'no'}" for n in self.labels.names]
+        return self.prompt_for(input["text"]), "\n".join(lines)
 
     def _result(self, row: torch.Tensor) -> MultiLabelClassification:
         if self.calibrate:

@@ -26,7 +26,12 @@ from pydantic import BaseModel, ValidationError
 
 from castline.chains.structured import StructuredChain
 from castline.models.spans import SpanProcessor, SpanState
-from castline.schemas.errors import OutputTypeError, OutputValidationError, TruncatedOutputError
+from castline.schemas.errors import (
+    InvalidInputError,
+    OutputTypeError,
+    OutputValidationError,
+    TruncatedOutputError,
+)
 from castline.schemas.settings import GenerationSettings
 
 DEFAULT_INSTRUCTION = (
@@ -73,6 +78,24 @@ class Extract(StructuredChain[Any]):
                 for e in self.partials["examples"]
             ]
             self._newlines = [t for t, s in self.model.vocabulary_trie().texts.items() if s == "\n"]
+
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+        if not self.spans:
+            return super().training_pair(input, output)
+        text = input["text"]
+        record = self.schema.model_validate(output).model_dump()
+        lines = []
+        for key, value in record.items():
+            if value is None:
+                lines.append(f"{key}:")
+                continue
+            at = text.find(value)
+            if at < 0:
+                raise InvalidInputError(f"field {key}={value!r} is not copied from the text")
+            lines.append(
+                f"{key}:{' ' if text[at - 1 : at] == ' ' else ''}{value}"
+            )  # as the decoder copies it
+        return self.prompt_for(input), "\n".join(lines)
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         if not self.spans:

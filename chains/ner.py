@@ -100,6 +100,30 @@ class RecognizeEntities(Chain[Entities]):
                 )
         return {"text": text, "entities": entities}
 
+    def adapter_payload(self) -> dict[str, Any]:
+        return {"task": type(self).__name__, "labels": list(self.labels.names)}
+
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+        """Target: one "type: mention" line per entity in text order, as the span grammar decodes."""
+        text = input["text"]
+        raw = output.entities if isinstance(output, Entities) else output
+        entities = [e if isinstance(e, Entity) else Entity(score=1.0, **dict(e)) for e in raw]
+        cursor = 0
+        for e in sorted(entities, key=lambda e: e.start):
+            if text[e.start : e.end] != e.text:
+                raise InvalidInputError(f"entity {e.text!r} is not at {e.start}:{e.end} of the text")
+            if e.label not in self.labels.names:
+                raise InvalidInputError(f"entity type {e.label!r} is not one of {list(self.labels.names)}")
+            if e.start < cursor:
+                raise InvalidInputError(f"entity {e.text!r} overlaps the one before it")
+            cursor = e.end
+        # The decoder copies a mention's leading space from the text when there is one.
+        lines = [
+            f"{e.label}:{' ' if text[e.start - 1 : e.start] == ' ' else ''}{e.text}"
+            for e in sorted(entities, key=lambda e: e.start)
+        ]
+        return self.prompt_for(text), "\n".join(lines)
+
     @property
     def OutputType(self) -> type[Entities]:
         return Entities

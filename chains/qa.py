@@ -112,6 +112,20 @@ class AnswerQuestion(Chain[Answer]):
             )
         return example
 
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+        """Target: the answer span as decoded, or the no-answer reply."""
+        context = input["context"]
+        if not isinstance(context, str):
+            raise InvalidInputError("train QA on one context per example")
+        answer = output.text if isinstance(output, Answer) else output
+        if answer is None:
+            if not self.allow_no_answer:
+                raise InvalidInputError("an example without an answer needs allow_no_answer=True")
+            return self.prompt_for(input["question"], context), NO_ANSWER
+        if answer not in context:
+            raise InvalidInputError(f"answer {answer!r} is not in its context")
+        return self.prompt_for(input["question"], context), answer
+
     @property
     def OutputType(self) -> type[Answer]:
         return Answer

@@ -24,7 +24,7 @@ from pydantic import BaseModel, create_model
 from castline.chains.base import Chain, Output, parse_generation
 from castline.models.local import LocalModel
 from castline.prompts.templates import PromptTemplate, load_template
-from castline.schemas.errors import OutputValidationError
+from castline.schemas.errors import InvalidInputError, OutputValidationError
 from castline.schemas.output_types import OutputSpec, output_spec
 from castline.schemas.settings import GenerationSettings
 
@@ -107,6 +107,17 @@ class StructuredChain(Chain[Output]):
 
             return TypeAdapter(self.spec.python_type).dump_json(value).decode()
         return str(getattr(value, "value", value))
+
+    def training_pair(self, input: Any, output: Any) -> tuple[str, str]:
+        from pydantic import TypeAdapter
+
+        value = TypeAdapter(self.spec.python_type).validate_python(output)
+        if self.spec.kind == "labels" and self.serialize(value) not in self.spec.labels:
+            raise InvalidInputError(f"label {output!r} is not one of {list(self.spec.labels)}")
+        return self.prompt_for(input), self.serialize(value)
+
+    def adapter_payload(self) -> dict[str, Any]:
+        return {"task": type(self).__name__, "regex": self.spec.regex}
 
     @property
     def OutputType(self) -> Any:

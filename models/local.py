@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,8 @@ class LocalModel:
         self._indexes: dict[str, Index] = {}
         self._trie: VocabularyTrie | None = None
         self._lock = threading.RLock()
+        self.adapters: dict[str, Any] = {}  # LoRA adapters injected into hf_model, by name
+        self._active: str | None = None
 
     # -- identity and limits -------------------------------------------------------------------
 
@@ -88,6 +91,36 @@ class LocalModel:
 
     def __repr__(self) -> str:
         return f"LocalModel({self.name!r}, device={self.device}, dtype={self.dtype})"
+
+    # -- adapters ------------------------------------------------------------------------------
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def activate(self, adapter: str | None) -> None:
+        """Make ``adapter`` the one used by the next calls (None: the base model alone)."""
+        if adapter == self._active:
+            return
+        if adapter is not None and adapter not in self.adapters:
+            raise ModelLoadError(f"no adapter named {adapter!r} is loaded; loaded: {sorted(self.adapters)}")
+        from peft.tuners.tuners_utils import BaseTunerLayer, set_adapter
+
+        with self._lock:
+            if adapter is not None:
+                set_adapter(self.hf_model, adapter, inference_mode=True)
+            for module in self.hf_model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.enable_adapters(adapter is not None)
+            self._active = adapter
+
+    @contextmanager
+    def using(self, adapter: str | None) -> Iterator[LocalModel]:
+        """Hold the model with ``adapter`` active for a whole batch of calls."""
+        with self._lock:
+            if adapter is not None or self.adapters:
+                self.activate(adapter)
+            yield self
 
     # -- prompts -------------------------------------------------------------------------------
 

@@ -111,9 +111,13 @@ def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
 
 
 def _prefix_cache(model: LocalModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Key/value tensors of ``prefix``, kept on the model for the next call with the same prefix."""
+    """Key/value tensors of ``prefix``, kept on the model for the next call with the same prefix.
+
+    The key includes the active adapter: the same tokens have other keys and values under it.
+    """
+    key = (model.active_adapter, tuple(prefix))
     cached = getattr(model, "_scoring_prefix", None)
-    if cached is not None and cached[0] == tuple(prefix):
+    if cached is not None and cached[0] == key:
         return cached[1]
     if not prefix:
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -123,7 +127,7 @@ def _prefix_cache(model: LocalModel, prefix: list[int]) -> list[tuple[torch.Tens
             input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True
         )
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-    model._scoring_prefix = (tuple(prefix), layers)
+    model._scoring_prefix = (key, layers)
     return layers
 
 

@@ -1,0 +1,281 @@
+"""LoRA adapters: train from (prompt, target) pairs, save, load, and switch on one loaded model.
+
+Adapters are injected into the loaded model in place (``peft.inject_adapter_in_model``), so the
+same ``LocalModel`` keeps serving every chain: a chain names its adapter and each call activates
+it under the model's lock (a few milliseconds), or disables all adapters for chains without one.
+
+Training is answer-only: the loss covers the target tokens and the end-of-turn token, never the
+prompt. Chains build the pairs so the target is exactly the text their constrained decoder
+produces (``Chain.training_pair``), so what is trained is what is decoded.
+
+On disk an adapter is PEFT's format -- ``adapter_config.json`` and ``adapter_model.safetensors``
+(loadable with ``PeftModel.from_pretrained``) -- plus ``castline.json`` with what castline checks
+on loading: the task, the label set or schema and its hash, the template, the base model, the
+training settings and the evaluation figures. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from castline.models.local import LocalModel
+from castline.schemas.errors import ModelLoadError, UserError
+
+METADATA_FILE = "castline.json"
+_PEFT_PREFIX = "base_model.model."  # PeftModel's key prefix, kept so PEFT itself can load ours
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA and optimiser settings; the defaults suit a few hundred short examples on a small model."""
+
+    rank: int = 16  # LoRA rank r
+    alpha: int = 32  # scaling numerator (alpha / r)
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"  # PEFT's shorthand: every linear layer but the head
+    learning_rate: float = 5e-4  # AdamW's default 1e-3 is too high for transfer learning
+    warmup_ratio: float = 0.06  # linear warm-up, then linear decay to 0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    eval_fraction: float = 0.1  # held out from the examples for evaluation loss
+    eval_every: int = 0  # optimiser steps between evaluations; 0 evaluates halfway and at the end
+    seed: int = 0
+    max_length: int = 1024  # a longer (prompt + target) is an error, never silently cut
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rank": self.rank > 0,
+            "alpha": self.alpha > 0,
+            "dropout": 0 <= self.dropout < 1,
+            "learning_rate": self.learning_rate > 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "epochs": self.epochs > 0,
+            "batch_size": self.batch_size > 0,
+            "gradient_accumulation": self.gradient_accumulation > 0,
+            "eval_fraction": 0 <= self.eval_fraction < 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"invalid LoRA settings: {bad}; see LoraSettings for the allowed ranges")
+
+
+@dataclass
+class TrainingReport:
+    """What a training run did, saved with the adapter."""
+
+    examples: int
+    held_out: int
+    steps: int
+    seconds: float
+    train_loss: float
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    evaluation: dict[str, float] = field(default_factory=dict)  # task metrics, filled by the chain
+
+
+def train_adapter(
+    model: LocalModel, name: str, pairs: Sequence[tuple[str, str]], settings: LoraSettings | None = None
+) -> TrainingReport:
+    """Train a new LoRA adapter ``name`` on ``(prompt, target)`` pairs and leave it active."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    settings = settings or LoraSettings()
+    if name in model.adapters:
+        raise UserError(f"an adapter named {name!r} is already loaded; pick another name")
+    if not pairs:
+        raise UserError("no training examples")
+    rows = [
+        _encode(model, prompt, target, settings.max_length, i) for i, (prompt, target) in enumerate(pairs)
+    ]
+    rng = random.Random(settings.seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    n_eval = int(len(rows) * settings.eval_fraction)
+    eval_rows = [rows[i] for i in order[:n_eval]]
+    train_rows = [rows[i] for i in order[n_eval:]]
+
+    torch.manual_seed(settings.seed)
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules
+        if isinstance(settings.target_modules, str)
+        else list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    with model._lock, warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Already found a `peft_config`"
+        )  # several adapters: by design
+        inject_adapter_in_model(config, model.hf_model, adapter_name=name)
+        model.adapters[name] = config
+        model.activate(name)
+        params = [p for n, p in model.hf_model.named_parameters() if f".{name}." in n and "lora_" in n]
+        for p in model.hf_model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.data = p.data.float()  # LoRA weights train in fp32 even on a bf16 base
+            p.requires_grad_(True)
+        report = _train_loop(model, params, train_rows, eval_rows, settings)
+        for p in params:
+            p.requires_grad_(False)
+        model.hf_model.eval()
+    return report
+
+
+def _encode(
+    model: LocalModel, prompt: str, target: str, max_length: int, index: int
+) -> tuple[list[int], int]:
+    """Token ids of prompt + target + EOS, and where the target starts."""
+    tok = model.tokenizer
+    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    target_ids = [*tok(target, add_special_tokens=False).input_ids, tok.eos_token_id]
+    if len(prompt_ids) + len(target_ids) > max_length:
+        raise UserError(
+            f"training example {index} has {len(prompt_ids) + len(target_ids)} tokens, over "
+            f"max_length={max_length}; raise it or shorten the example"
+        )
+    return prompt_ids + target_ids, len(prompt_ids)
+
+
+def _batches(rows: list[tuple[list[int], int]], size: int, pad: int, device: torch.device):
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (ids, answer_start) in enumerate(chunk):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, answer_start : len(ids)] = torch.tensor(ids[answer_start:])  # answer-only loss
+            mask[i, : len(ids)] = 1
+        yield input_ids.to(device), mask.to(device), labels.to(device)
+
+
+def _loss(
+    model: LocalModel, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    logits = model.hf_model(input_ids=input_ids, attention_mask=mask).logits.float()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+def _train_loop(model, params, train_rows, eval_rows, settings: LoraSettings) -> TrainingReport:
+    from transformers import get_linear_schedule_with_warmup
+
+    pad = model.tokenizer.pad_token_id
+    per_epoch = math.ceil(len(train_rows) / settings.batch_size)
+    total = max(1, math.ceil(per_epoch * settings.epochs / settings.gradient_accumulation))
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(total * settings.warmup_ratio), total)
+    eval_every = settings.eval_every or max(1, total // 2)
+    rng = random.Random(settings.seed)
+    report = TrainingReport(len(train_rows), len(eval_rows), 0, 0.0, float("nan"))
+    started, step, running = time.perf_counter(), 0, []
+    model.hf_model.train()
+    with tqdm(total=total, desc="training adapter", file=sys.stderr, unit="step") as bar:
+        for _ in range(settings.epochs):
+            rng.shuffle(train_rows)
+            for micro, batch in enumerate(_batches(train_rows, settings.batch_size, pad, model.device)):
+                loss = _loss(model, *batch) / settings.gradient_accumulation
+                loss.backward()
+                running.append(loss.item() * settings.gradient_accumulation)
+                if (micro + 1) % settings.gradient_accumulation:
+                    continue
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
+                if eval_rows and (step % eval_every == 0 or step == total):
+                    report.eval_losses.append((step, _eval_loss(model, eval_rows, settings.batch_size, pad)))
+                    bar.set_postfix(loss=f"{running[-1]:.3f}", eval=f"{report.eval_losses[-1][1]:.3f}")
+    report.steps, report.seconds = step, time.perf_counter() - started
+    report.train_loss = sum(running[-20:]) / max(1, len(running[-20:]))
+    return report
+
+
+def _eval_loss(model: LocalModel, rows, batch_size: int, pad: int) -> float:
+    model.hf_model.eval()
+    with torch.no_grad():
+        losses = [_loss(model, *b).item() for b in _batches(rows, batch_size, pad, model.device)]
+    model.hf_model.train()
+    return sum(losses) / len(losses)
+
+
+def save_adapter(model: LocalModel, name: str, directory: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write adapter ``name`` in PEFT's format plus ``castline.json`` metadata."""
+    from peft import get_peft_model_state_dict
+
+    if name not in model.adapters:
+        raise UserError(f"no adapter named {name!r} on this model; loaded: {sorted(model.adapters)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.adapters[name].save_pretrained(directory)
+    state = get_peft_model_state_dict(model.hf_model, adapter_name=name)
+    save_file(
+        {_PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
+        directory / "adapter_model.safetensors",
+    )
+    (directory / METADATA_FILE).write_text(json.dumps({**metadata, "base_model": model.name}, indent=2))
+    return directory
+
+
+def load_adapter(model: LocalModel, directory: str | Path, name: str) -> dict[str, Any]:
+    """Load an adapter directory into ``model`` as ``name``; returns its castline metadata."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    directory = Path(directory)
+    weights = directory / "adapter_model.safetensors"
+    meta_file = directory / METADATA_FILE
+    if not weights.is_file() or not meta_file.is_file():
+        raise ModelLoadError(
+            f"{directory} is not a castline adapter (needs adapter_model.safetensors and {METADATA_FILE})"
+        )
+    metadata = json.loads(meta_file.read_text())
+    if metadata.get("base_model") != model.name:
+        raise ModelLoadError(
+            f"adapter {directory} was trained on {metadata.get('base_model')!r}, not on {model.name!r}; "
+            "load it on the same base model"
+        )
+    if name in model.adapters:
+        raise UserError(f"an adapter named {name!r} is already loaded; pick another name")
+    config = LoraConfig.from_pretrained(directory)
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_file(weights).items()}
+    with model._lock, warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Already found a `peft_config`"
+        )  # several adapters: by design
+        inject_adapter_in_model(config, model.hf_model, adapter_name=name)
+        set_peft_model_state_dict(model.hf_model, state, adapter_name=name)
+        model.adapters[name] = config
+        model.hf_model.eval()
+    return metadata
+
+
+def payload_hash(payload: Any) -> str:
+    """Stable hash of a JSON-able description (label set, schema, template)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+__all__ = ["LoraSettings", "TrainingReport", "load_adapter", "payload_hash", "save_adapter", "train_adapter"]
