@@ -4,6 +4,8 @@
     castline evaluate ner dev.conll --sample 200 --seed 1
     castline evaluate qa squad-dev.json --limit 100
     castline evaluate extract receipts.jsonl --schema myapp.schemas:Receipt --spans
+    castline train classify train.csv --out adapters/intents --sample 800 --eval dev.csv --json
+    castline evaluate classify test.csv --adapter adapters/intents
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object with ``n``
 and the task's metrics. Few-shot examples (``--few-shot K``: K per label for classify, K in all
@@ -43,48 +45,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ev = commands.add_parser("evaluate", help="evaluate a task chain on a labeled file")
-    ev.add_argument("task", choices=TASKS)
-    ev.add_argument(
-        "data", type=Path, help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract)"
-    )
-    ev.add_argument("--model", default=None, help="a local model directory or .gguf file (default: embedded)")
-    ev.add_argument("--limit", type=int, help="evaluate the first N examples")
-    ev.add_argument("--sample", type=int, help="evaluate a seeded random sample of N examples")
-    ev.add_argument("--seed", type=int, default=0)
+    tr = commands.add_parser("train", help="train a LoRA adapter for a task chain from a labeled file")
+    for sub in (ev, tr):
+        sub.add_argument("task", choices=TASKS)
+        sub.add_argument(
+            "data", type=Path, help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract)"
+        )
+        sub.add_argument(
+            "--model", default=None, help="a local model directory or .gguf file (default: embedded)"
+        )
+        sub.add_argument("--limit", type=int, help="use the first N examples")
+        sub.add_argument("--sample", type=int, help="use a seeded random sample of N examples")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--labels", help="comma-separated label set / entity types (default: from the data)")
+        sub.add_argument("--text-column", default="text")
+        sub.add_argument("--label-column", default="label")
+        sub.add_argument("--no-calibration", action="store_true", help="classify: turn calibration off")
+        sub.add_argument(
+            "--allow-no-answer", action="store_true", help="qa: allow an explicit no-answer outcome"
+        )
+        sub.add_argument("--schema", help="extract: module:Class (a Pydantic model) or a JSON Schema file")
+        sub.add_argument("--spans", action="store_true", help="extract: copy every field from the text")
+        sub.add_argument("--batch-size", type=int, default=None)
+        sub.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
     ev.add_argument(
         "--few-shot", type=int, default=0, metavar="K", help="few-shot examples drawn from the data"
     )
-    ev.add_argument("--labels", help="comma-separated label set / entity types (default: from the data)")
-    ev.add_argument("--text-column", default="text")
-    ev.add_argument("--label-column", default="label")
-    ev.add_argument("--no-calibration", action="store_true", help="classify: turn calibration off")
-    ev.add_argument("--forbid-no-answer", action="store_true", help="qa: always answer with a span")
-    ev.add_argument("--schema", help="extract: module:Class (a Pydantic model) or a JSON Schema file")
-    ev.add_argument("--spans", action="store_true", help="extract: copy every field from the text")
-    ev.add_argument("--batch-size", type=int, default=None)
-    ev.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
+    ev.add_argument("--adapter", type=Path, help="evaluate with a trained adapter directory")
+    tr.add_argument("--out", type=Path, required=True, help="directory to write the adapter to")
+    tr.add_argument("--eval", type=Path, help="labeled file evaluated after training (same format)")
+    tr.add_argument("--rank", type=int, default=16)
+    tr.add_argument("--alpha", type=int, default=32)
+    tr.add_argument("--dropout", type=float, default=0.05)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--epochs", type=int, default=1)
+    tr.add_argument("--grad-accum", type=int, default=1)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "train":
+            result = run_train(args)
+            print(json.dumps(result) if args.json else f"adapter written to {args.out}: {result}")
+            return 0
         report = run_evaluate(args)
     except CastlineError as exc:
         print(f"castline: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "task": report.task,
-                    "n": report.n,
-                    **report.metrics,
-                    "errors": report.errors,
-                    "seconds": round(report.seconds, 2),
-                }
-            )
-        )
+        summary = {"task": report.task, "n": report.n, **report.metrics, "errors": report.errors}
+        print(json.dumps({**summary, "seconds": round(report.seconds, 2)}))
     else:
         print(report.summary())
     return 0
@@ -97,20 +109,73 @@ def run_evaluate(args: argparse.Namespace) -> Any:
     data, shots = _load(args)
     model = load_model(args.model)
     chain = _chain(args, model, data, shots)
+    if args.adapter:
+        chain.use_adapter(args.adapter)
     return evaluate(chain, data, args.batch_size)
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, save and (with --eval) evaluate an adapter; returns the figures printed."""
+    from castline.models import load_model
+    from castline.models.adapters import LoraSettings
+
+    args.few_shot = 0
+    data, _ = _load(args)
+    held_out = _read(args.task, args.eval, args) if args.eval else None
+    settings = LoraSettings(
+        rank=args.rank,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size or 8,
+        gradient_accumulation=args.grad_accum,
+        seed=args.seed,
+    )
+    chain = _chain(args, load_model(args.model), data + (held_out or []), [])
+    report = chain.fine_tune(
+        [_pair(args.task, x) for x in data], settings=settings, save_to=args.out, evaluate_on=held_out
+    )
+    return {
+        "out": str(args.out),
+        "examples": report.examples,
+        "steps": report.steps,
+        "training_seconds": round(report.seconds, 1),
+        "train_loss": report.train_loss,
+        "eval_losses": report.eval_losses,
+        **report.evaluation,
+    }
+
+
+def _pair(task: str, record: Any) -> tuple[dict[str, Any], Any]:
+    """A training example (chain input, expected output) from a data record."""
+    if task == "classify":
+        return {"text": record.text}, record.label
+    if task == "ner":
+        entities = [
+            {"text": record.text[s:e], "label": lab, "start": s, "end": e} for s, e, lab in record.entities
+        ]
+        return {"text": record.text}, entities
+    if task == "qa":
+        return {"question": record.question, "context": record.context}, (
+            record.answers[0][0] if record.answers else None
+        )
+    return {"text": record.text}, record.output
+
+
+def _read(task: str, path: Path, args: argparse.Namespace) -> list[Any]:
+    if task == "classify":
+        return read_labeled_csv(path, args.text_column, args.label_column)
+    if task == "ner":
+        return read_conll(path)
+    if task == "qa":
+        return read_squad(path)
+    return read_jsonl(path)
 
 
 def _load(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """The evaluation records and the few-shot records drawn from them (never both)."""
-    records: list[Any]
-    if args.task == "classify":
-        records = read_labeled_csv(args.data, args.text_column, args.label_column)
-    elif args.task == "ner":
-        records = read_conll(args.data)
-    elif args.task == "qa":
-        records = read_squad(args.data)
-    else:
-        records = read_jsonl(args.data)
+    records = _read(args.task, args.data, args)
     shots: list[Any] = []
     if args.few_shot:
         rng = random.Random(args.seed)
@@ -159,7 +224,7 @@ def _chain(args: argparse.Namespace, model: Any, data: list[Any], shots: list[An
             for x in shots
             if isinstance(x, QAExample)
         ]
-        return AnswerQuestion(model=model, allow_no_answer=not args.forbid_no_answer, examples=examples)
+        return AnswerQuestion(model=model, allow_no_answer=args.allow_no_answer, examples=examples)
     from castline.chains.extract import Extract
 
     if not args.schema:

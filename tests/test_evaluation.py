@@ -187,3 +187,27 @@ def test_cli_evaluate_prints_json_last(tmp_path, capsys, monkeypatch, tiny_model
     assert main(["evaluate", "classify", str(path), "--few-shot", "1", "--limit", "6", "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["n"] == 6 and 0 <= report["accuracy"] <= 1 and "macro_f1" in report
+
+
+def test_cli_train_writes_an_adapter_that_evaluate_uses(tmp_path, capsys, monkeypatch, tiny_model, tokenizer):
+    import castline.models
+
+    tiny_dir = tmp_path / "tiny"
+    tiny_model.hf_model.save_pretrained(tiny_dir)
+    tokenizer.save_pretrained(tiny_dir)
+    # each command gets a fresh copy of the tiny model, as separate processes would
+    from castline.models.local import load_model as real_load
+
+    monkeypatch.setattr(
+        castline.models, "load_model", lambda source=None: real_load(tiny_dir, dtype="float32")
+    )
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"item {i},{'ab'[i % 2]}\n" for i in range(12)))
+    out = tmp_path / "adapter"
+    args = ["train", "classify", str(data), "--out", str(out), "--eval", str(data), "--rank", "4", "--json"]
+    assert main(args) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["steps"] >= 1 and "accuracy" in trained and (out / "castline.json").is_file()
+    assert main(["evaluate", "classify", str(data), "--adapter", str(out), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["accuracy"] == pytest.approx(trained["accuracy"])
