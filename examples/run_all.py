@@ -16,6 +16,7 @@ EXAMPLES = [
     "extract_receipt",
     "ner_news",
     "qa_paragraph",
+    "train_intents",
 ]
 
 
