@@ -45,69 +45,57 @@ def run_batched(
     return outputs
 
 
-def _batch(chain: Any) -> Callable[[list[Any]], list[Any]]:
-    return lambda xs: chain.batch(xs, return_exceptions=True)
+def _report(
+    task: str, chain: Any, inputs: list[Any], batch_size: int, score: Callable[[list[Any]], dict[str, float]]
+) -> Report:
+    """Run ``chain`` over ``inputs`` in batches (errors kept in place) and score the outputs."""
+    started = time.perf_counter()
+    outputs = run_batched(lambda xs: chain.batch(xs, return_exceptions=True), inputs, batch_size, task)
+    return Report(
+        task=task,
+        n=len(inputs),
+        metrics=score(outputs),
+        errors=sum(isinstance(o, Exception) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def evaluate_classify(chain: Any, data: Sequence[LabeledText], batch_size: int = 16) -> Report:
-    started = time.perf_counter()
-    outputs = run_batched(_batch(chain), [{"text": x.text} for x in data], batch_size, "classify")
-    predicted = ["" if isinstance(o, Exception) else o.label for o in outputs]
-    gold = [x.label for x in data]
-    labels = list(chain.labels.names)
-    return Report(
-        task="classify",
-        n=len(data),
-        metrics={"accuracy": accuracy(gold, predicted), "macro_f1": macro_f1(gold, predicted, labels)},
-        errors=sum(isinstance(o, Exception) for o in outputs),
-        seconds=time.perf_counter() - started,
-    )
+    gold, labels = [x.label for x in data], list(chain.labels.names)
+
+    def score(outputs: list[Any]) -> dict[str, float]:
+        predicted = ["" if isinstance(o, Exception) else o.label for o in outputs]
+        return {"accuracy": accuracy(gold, predicted), "macro_f1": macro_f1(gold, predicted, labels)}
+
+    return _report("classify", chain, [{"text": x.text} for x in data], batch_size, score)
 
 
 def evaluate_ner(chain: Any, data: Sequence[TaggedSentence], batch_size: int = 8) -> Report:
-    started = time.perf_counter()
-    outputs = run_batched(_batch(chain), [{"text": x.text} for x in data], batch_size, "ner")
-    predicted = [
-        set() if isinstance(o, Exception) else {(e.start, e.end, e.label) for e in o.entities}
-        for o in outputs
-    ]
-    return Report(
-        task="ner",
-        n=len(data),
-        metrics=entity_prf([set(x.entities) for x in data], predicted),
-        errors=sum(isinstance(o, Exception) for o in outputs),
-        seconds=time.perf_counter() - started,
-    )
+    def score(outputs: list[Any]) -> dict[str, float]:
+        predicted = [
+            set() if isinstance(o, Exception) else {(e.start, e.end, e.label) for e in o.entities}
+            for o in outputs
+        ]
+        return entity_prf([set(x.entities) for x in data], predicted)
+
+    return _report("ner", chain, [{"text": x.text} for x in data], batch_size, score)
 
 
 def evaluate_qa(chain: Any, data: Sequence[QAExample], batch_size: int = 8) -> Report:
-    started = time.perf_counter()
+    def score(outputs: list[Any]) -> dict[str, float]:
+        predicted = [None if isinstance(o, Exception) else o.text for o in outputs]
+        return squad_scores([[a for a, _ in x.answers] for x in data], predicted)
+
     inputs = [{"question": x.question, "context": x.context} for x in data]
-    outputs = run_batched(_batch(chain), inputs, batch_size, "qa")
-    predicted = [None if isinstance(o, Exception) else o.text for o in outputs]
-    return Report(
-        task="qa",
-        n=len(data),
-        metrics=squad_scores([[a for a, _ in x.answers] for x in data], predicted),
-        errors=sum(isinstance(o, Exception) for o in outputs),
-        seconds=time.perf_counter() - started,
-    )
+    return _report("qa", chain, inputs, batch_size, score)
 
 
 def evaluate_extract(chain: Any, data: Sequence[ExtractionExample], batch_size: int = 4) -> Report:
-    started = time.perf_counter()
-    outputs = run_batched(_batch(chain), [{"text": x.text} for x in data], batch_size, "extract")
-    predicted = [
-        None if isinstance(o, Exception) else (o.model_dump() if isinstance(o, BaseModel) else dict(o))
-        for o in outputs
-    ]
-    return Report(
-        task="extract",
-        n=len(data),
-        metrics=field_accuracy([x.output for x in data], predicted),
-        errors=sum(isinstance(o, Exception) for o in outputs),
-        seconds=time.perf_counter() - started,
-    )
+    def score(outputs: list[Any]) -> dict[str, float]:
+        predicted = [o.model_dump() if isinstance(o, BaseModel) else None for o in outputs]
+        return field_accuracy([x.output for x in data], predicted)
+
+    return _report("extract", chain, [{"text": x.text} for x in data], batch_size, score)
 
 
 def evaluate(chain: Any, data: Sequence[Any], batch_size: int | None = None) -> Report:
