@@ -167,10 +167,20 @@ def _batches(rows: list[tuple[list[int], int]], size: int, pad: int, device: tor
         yield input_ids.to(device), mask.to(device), labels.to(device)
 
 
+def _autocast(model: LocalModel) -> Any:
+    """bf16 autocast where the device computes bf16 natively; LoRA weights stay fp32 masters."""
+    from castline.models.loading import cpu_has_native_bf16
+
+    device = model.device.type
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=native)
+
+
 def _loss(
     model: LocalModel, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    logits = model.hf_model(input_ids=input_ids, attention_mask=mask).logits.float()
+    with _autocast(model):
+        logits = model.hf_model(input_ids=input_ids, attention_mask=mask).logits.float()
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
     )
