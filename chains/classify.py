@@ -114,7 +114,8 @@ class _LabelChain(Chain[Any]):
         """The exact prompt the labels are scored after."""
         return self.model.chat_prompt(self.template.render({**self.partials, "text": text}))
 
-    def _log_scores(self, texts: list[str]) -> torch.Tensor:
+    def _log_scores(self, prompts: list[str]) -> torch.Tensor:
+        """Per-label log-scores after each rendered prompt."""
         raise NotImplementedError
 
     def _adapter_changed(self) -> None:
@@ -123,28 +124,20 @@ class _LabelChain(Chain[Any]):
     def prior(self) -> torch.Tensor:
         """Label log-scores for content-free inputs, measured once per chain."""
         if self._prior is None:
-            self._prior = self._log_scores(list(CONTENT_FREE_INPUTS)).mean(dim=0)
+            self._prior = self._log_scores([self.prompt_for(t) for t in CONTENT_FREE_INPUTS]).mean(dim=0)
         return self._prior
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
-        texts = [x["text"] for x in inputs]
-        fits, results = [], []
-        for text in texts:
-            needed = self.model.count_tokens(self.prompt_for(text)) + max(self._trie.depths) + 2
-            fits.append(needed <= self.model.max_context)
-        scores = self._log_scores([t for t, ok in zip(texts, fits, strict=True) if ok]) if any(fits) else None
-        rows = iter(scores if scores is not None else [])
-        for ok in fits:
-            if not ok:
-                results.append(
-                    InvalidInputError(
-                        f"text is too long for the model's context of {self.model.max_context} tokens "
-                        "with this prompt; shorten it or split it"
-                    )
-                )
-                continue
-            results.append(self._result(next(rows)))
-        return results
+        prompts = [self.prompt_for(x["text"]) for x in inputs]
+        room = max(self._trie.depths) + 2
+        fits = [self.model.count_tokens(p) + room <= self.model.max_context for p in prompts]
+        fitting = [p for p, ok in zip(prompts, fits, strict=True) if ok]
+        rows = iter(self._log_scores(fitting) if fitting else [])
+        too_long = InvalidInputError(
+            f"text is too long for the model's context of {self.model.max_context} tokens with this "
+            "prompt; shorten it or split it"
+        )
+        return [self._result(next(rows)) if ok else too_long for ok in fits]
 
     def _result(self, row: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -179,8 +172,8 @@ class Classify(_LabelChain):
         eos = self.model.tokenizer.eos_token_id
         return TokenTrie.build([[*self._label_tokens(n), eos] for n in self.labels.names])
 
-    def _log_scores(self, texts: list[str]) -> torch.Tensor:
-        scores, _ = score_candidates(self.model, [self.prompt_for(t) for t in texts], self._trie)
+    def _log_scores(self, prompts: list[str]) -> torch.Tensor:
+        scores, _ = score_candidates(self.model, prompts, self._trie)
         return torch.log_softmax(scores, dim=-1)
 
     def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
@@ -232,9 +225,9 @@ class MultiLabelClassify(_LabelChain):
     def _build_trie(self) -> TokenTrie:
         return TokenTrie.build([self._label_tokens(f"{n}:") for n in self.labels.names])
 
-    def _log_scores(self, texts: list[str]) -> torch.Tensor:
+    def _log_scores(self, prompts: list[str]) -> torch.Tensor:
         yes_no = [self._label_tokens(" yes")[0], self._label_tokens(" no")[0]]
-        _, after = score_candidates(self.model, [self.prompt_for(t) for t in texts], self._trie, yes_no)
+        _, after = score_candidates(self.model, prompts, self._trie, yes_no)
         assert after is not None
         # log-odds of "yes" against "no" for every label
         return after[..., 0] - after[..., 1]
