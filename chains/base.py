@@ -33,7 +33,7 @@ from castline.models.adapters import (
     train_adapter,
 )
 from castline.models.local import Generation, LocalModel
-from castline.schemas.errors import InvalidInputError, ModelLoadError, TruncatedOutputError
+from castline.schemas.errors import InvalidInputError, ModelLoadError, TruncatedOutputError, UserError
 from castline.schemas.output_types import OutputSpec
 from castline.schemas.settings import GenerationSettings
 
@@ -153,6 +153,14 @@ class Chain(Runnable[Any, Output], ABC):
                 f"or schema than this {type(self).__name__}; build the chain with the same labels/schema"
             )
         self.adapter = name
+        self._adapter_changed()
+        return self
+
+    def merge_adapter(self) -> Chain[Output]:
+        """Run this chain on a copy of its model with its adapter merged in (no LoRA cost per token)."""
+        if self.adapter is None:
+            raise UserError("this chain has no adapter to merge; fine_tune or use_adapter first")
+        self.model = self.model.merged(self.adapter)
         self._adapter_changed()
         return self
 

@@ -114,6 +114,27 @@ class LocalModel:
                     module.enable_adapters(adapter is not None)
             self._active = adapter
 
+    def merged(self, adapter: str) -> LocalModel:
+        """A copy of this model with ``adapter`` merged into its weights, for the fastest inference.
+
+        The copy costs the memory of a second model; this model and its adapters are unchanged.
+        """
+        if adapter not in self.adapters:
+            raise ModelLoadError(f"no adapter named {adapter!r} is loaded; loaded: {sorted(self.adapters)}")
+        import copy
+
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        with self._lock:
+            hf_model = copy.deepcopy(self.hf_model)
+        copy_model = LocalModel(hf_model, self.tokenizer, name=self.name)
+        copy_model.adapters = dict(self.adapters)
+        copy_model.activate(adapter)
+        for module in hf_model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge(adapter_names=[adapter])
+        return copy_model
+
     @contextmanager
     def using(self, adapter: str | None) -> Iterator[LocalModel]:
         """Hold the model with ``adapter`` active for a whole batch of calls."""

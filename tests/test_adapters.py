@@ -95,6 +95,17 @@ def test_one_model_serves_many_adapters_like_models_with_one_each(tiny_dir, tmp_
     ).probabilities == pytest.approx(mixed[2].probabilities, abs=1e-5)
 
 
+def test_merged_adapter_gives_the_same_scores(tiny_dir, tmp_path):
+    chain = Classify(LABELS, model=fresh(tiny_dir), calibrate=False)
+    chain.fine_tune([({"text": t}, LABELS[i % 3]) for i, t in enumerate(TEXTS)], settings=FAST)
+    before = [r.probabilities for r in chain.batch(TEXTS[:4])]
+    original = chain.model
+    chain.merge_adapter()
+    assert chain.model is not original
+    for merged, unmerged in zip(chain.batch(TEXTS[:4]), before, strict=True):
+        assert merged.probabilities == pytest.approx(unmerged, abs=1e-4)
+
+
 def test_adapter_for_other_labels_or_base_model_is_refused(tiny_dir, tmp_path, tokenizer):
     model = fresh(tiny_dir)
     chain = Classify(LABELS, model=model)
