@@ -162,9 +162,10 @@ def pick_dtype(dtype: Any, device: str) -> Any:
             ) from None
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # On CPU, bf16 decodes faster where the CPU has native bf16 (1.3x on this project's 2-core
-    # machines) but runs prompt-heavy passes -- label scoring, long prompts -- 2.3x slower
-    # (benchmarks/core.py prints both). fp32 is the better default; ask for bf16 to decode faster.
+    # On CPU, bf16 is faster where the CPU has native bf16 (1.5x decoding, 1.7x label scoring on
+    # this project's 2-core machines; benchmarks/core.py), but a batch of greedy calls in bf16 can
+    # differ from the same calls one by one (padding changes the rounding). fp32 keeps batch ==
+    # invoke exact and is what the task figures were measured with; ask for bf16 for speed.
     return torch.float32
 
 
