@@ -7,7 +7,6 @@ below the measured values so they catch regressions, not noise.
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from castline.chains.extract import Extract
 from castline.chains.ner import RecognizeEntities
 from castline.chains.qa import AnswerQuestion
 from castline.evaluation.evaluate import evaluate
-from castline.evaluation.readers import LabeledText
 from tests.test_tasks import CONTEXT, TEXTS, Receipt
 
 pytestmark = pytest.mark.real_model
@@ -32,27 +30,25 @@ def test_classification_probabilities_are_complete(real_model):
 
 
 @pytest.mark.skipif(not (DATA / "classification").is_dir(), reason=f"shared data not found at {DATA}")
-def test_sms_spam_accuracy_clears_the_majority_baseline(real_model):
-    rows = []
-    for line in (
-        (DATA / "classification" / "sms_spam_collection.tsv").read_text(encoding="utf-8").splitlines()
-    ):
-        label, text = line.rstrip("\r").split("\t", 1)
-        rows.append(LabeledText(text, label))
-    random.Random(1).shuffle(rows)
-    shots = [{"text": x.text, "label": x.label} for x in rows[:200] if x.label == "spam"][:2]
-    shots += [{"text": x.text, "label": x.label} for x in rows[:200] if x.label == "ham"][:2]
+def test_sms_spam_beats_the_majority_class(real_model):
+    from benchmarks.tasks import few_shot_per_label, sms_data
+
+    test, pool = sms_data(80, seed=0)
     chain = Classify(
         {
             "ham": "an ordinary personal message between people",
             "spam": "unsolicited advertising, prizes or scams",
         },
         model=real_model,
-        examples=shots,
+        examples=few_shot_per_label(pool, ["ham", "spam"], 2, seed=0),
     )
-    report = evaluate(chain, rows[200:280])
+    report = evaluate(chain, test)
+    # measured on this sample: accuracy 0.850 (the majority class holds 0.838), macro-F1 0.706.
+    # Always answering "ham" would score 0.838 accuracy but about 0.46 macro-F1, so macro-F1 is the
+    # floor that shows spam is being found.
     assert report.errors == 0
-    assert report.metrics["accuracy"] >= 0.75
+    assert report.metrics["accuracy"] >= 0.80
+    assert report.metrics["macro_f1"] >= 0.60
 
 
 def test_entities_are_exact_spans(real_model):
