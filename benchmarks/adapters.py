@@ -5,7 +5,7 @@
 - BANKING77: train on a sample of the train split, evaluate on a sample of the test split.
 - WNUT-17: train on train sentences that hold entities, evaluate on dev (entity-level strict F1).
 - XQuAD: train on the questions of the first articles, evaluate on the others (EM/F1).
-Every chain uses the library defaults for training (LoraSettings()). Data: ../shared/data.
+Every chain trains with the library defaults (LoraSettings()), epochs aside (--epochs). Data: ../shared/data.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from castline.chains import AnswerQuestion, Classify, RecognizeEntities
 from castline.evaluation.evaluate import evaluate
 from castline.evaluation.readers import read_conll, read_labeled_csv, read_squad, select
 from castline.models import load_model
+from castline.models.adapters import LoraSettings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WNUT_TYPES = ["person", "location", "group", "creative-work", "corporation", "product"]
@@ -39,7 +40,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--only", nargs="*", default=["banking", "wnut", "xquad"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (LoraSettings.epochs)")
     args = parser.parse_args()
+    settings = LoraSettings(epochs=args.epochs, seed=args.seed)
     size = lambda n: max(8, int(n * args.scale))  # noqa: E731
     model = load_model()
     print(f"model {model.name}, {model.dtype}, torch threads {torch.get_num_threads()}")
@@ -52,7 +55,9 @@ def main() -> None:
         test = select(test, sample=size(150), seed=args.seed)
         chain = Classify(labels, model=model, template="classify_short")
         before = evaluate(chain, test)
-        report = chain.fine_tune([({"text": x.text}, x.label) for x in sample], name="banking77")
+        report = chain.fine_tune(
+            [({"text": x.text}, x.label) for x in sample], name="banking77", settings=settings
+        )
         line("BANKING77 (77 intents)", before, evaluate(chain, test), report.seconds, len(sample))
 
     if "wnut" in args.only:
@@ -69,7 +74,7 @@ def main() -> None:
             )
             for x in sample
         ]
-        report = chain.fine_tune(examples, name="wnut17")
+        report = chain.fine_tune(examples, name="wnut17", settings=settings)
         line("WNUT-17 (entity-level strict F1)", before, evaluate(chain, dev), report.seconds, len(sample))
 
     if "xquad" in args.only:
@@ -83,7 +88,9 @@ def main() -> None:
         before = evaluate(chain, test)
         started = time.perf_counter()
         report = chain.fine_tune(
-            [({"question": x.question, "context": x.context}, x.answers[0][0]) for x in sample], name="xquad"
+            [({"question": x.question, "context": x.context}, x.answers[0][0]) for x in sample],
+            name="xquad",
+            settings=settings,
         )
         line(
             "XQuAD en (SQuAD EM/F1)",
