@@ -88,10 +88,7 @@ class _LabelChain(Chain[Any]):
         self.template = load_template(template or self.default_template)
         self.partials = {
             "instruction": instruction or self.default_instruction,
-            "labels": [
-                {"name": n, "description": d}
-                for n, d in zip(self.labels.names, self.labels.descriptions, strict=True)
-            ],
+            "labels": self.labels.for_template(),
             "examples": [self._check_example(dict(e), i) for i, e in enumerate(examples)],
         }
         self.template.check_variables(set(self.partials) | {"text"}, "a classification chain")
@@ -133,11 +130,11 @@ class _LabelChain(Chain[Any]):
         fits = [self.model.count_tokens(p) + room <= self.model.max_context for p in prompts]
         fitting = [p for p, ok in zip(prompts, fits, strict=True) if ok]
         rows = iter(self._log_scores(fitting) if fitting else [])
-        too_long = InvalidInputError(
+        message = (
             f"text is too long for the model's context of {self.model.max_context} tokens with this "
             "prompt; shorten it or split it"
         )
-        return [self._result(next(rows)) if ok else too_long for ok in fits]
+        return [self._result(next(rows)) if ok else InvalidInputError(message) for ok in fits]
 
     def _result(self, row: torch.Tensor) -> Any:
         raise NotImplementedError

@@ -77,7 +77,7 @@ class Extract(StructuredChain[Any]):
                 {"input": e["input"], "record": schema.model_validate_json(e["output"]).model_dump()}
                 for e in self.partials["examples"]
             ]
-            self._newlines = [t for t, s in self.model.vocabulary_trie().texts.items() if s == "\n"]
+            self._newlines = self.model.vocabulary_trie().newline_ids
 
     def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
         if not self.spans:

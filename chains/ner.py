@@ -73,15 +73,12 @@ class RecognizeEntities(Chain[Entities]):
         self.template = load_template(template)
         self.partials = {
             "instruction": instruction or DEFAULT_INSTRUCTION,
-            "labels": [
-                {"name": n, "description": d}
-                for n, d in zip(self.labels.names, self.labels.descriptions, strict=True)
-            ],
+            "labels": self.labels.for_template(),
             "examples": [self._check_example(dict(e), i) for i, e in enumerate(examples)],
         }
         self.template.check_variables(set(self.partials) | {"text"}, "a NER chain")
         self.window_tokens, self.window_overlap = window_tokens, window_overlap
-        self._newlines = [t for t, s in self.model.vocabulary_trie().texts.items() if s == "\n"]
+        self._newlines = self.model.vocabulary_trie().newline_ids
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
         text = example.get("text")

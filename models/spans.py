@@ -44,6 +44,11 @@ class VocabularyTrie:
                 node = node.setdefault(ch, {})
             node.setdefault(_END, []).append(token_id)
 
+    @property
+    def newline_ids(self) -> list[int]:
+        """Tokens that are exactly a line break (they end a "label: span" line)."""
+        return [t for t, text in self.texts.items() if text == "\n"]
+
     def tokens_spelling(self, text: str, start: int, stop: int | None = None) -> list[tuple[int, int]]:
         """``(token_id, length)`` of every token equal to ``text[start:start+length]`` (within stop)."""
         stop = len(text) if stop is None else stop

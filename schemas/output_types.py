@@ -64,6 +64,10 @@ class Labels:
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "descriptions", descriptions)
 
+    def for_template(self) -> list[dict[str, str | None]]:
+        """``[{"name": ..., "description": ...}]``, the form the shipped templates list labels in."""
+        return [{"name": n, "description": d} for n, d in zip(self.names, self.descriptions, strict=True)]
+
 
 @dataclass(frozen=True)
 class OutputSpec:
