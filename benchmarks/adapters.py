@@ -21,7 +21,7 @@ from castline.chains import AnswerQuestion, Classify, RecognizeEntities
 from castline.evaluation.evaluate import evaluate
 from castline.evaluation.readers import read_conll, read_labeled_csv, read_squad, select
 from castline.models import load_model
-from castline.models.adapters import LoraSettings
+from castline.models.transformers.adapters import LoraSettings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WNUT_TYPES = ["person", "location", "group", "creative-work", "corporation", "product"]

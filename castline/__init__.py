@@ -1,7 +1,7 @@
 """castline: typed, validated objects from a local language model.
 
 The subpackages are the architecture -- ``castline.schemas`` (result and output types, errors),
-``castline.prompts`` (Jinja templates), ``castline.models`` (loading and constrained generation),
+``castline.prompts`` (Jinja templates), ``castline.models`` (the engine seam and the engines),
 ``castline.chains`` (Runnable chains). The names below are re-exported lazily, so importing
 ``castline.schemas`` or ``castline.prompts`` does not import torch.
 """
@@ -22,7 +22,11 @@ _EXPORTS = {
     "AnswerQuestion": "castline.chains",
     "Extract": "castline.chains",
     "load_model": "castline.models",
-    "LocalModel": "castline.models",
+    "Engine": "castline.models",
+    "FakeEngine": "castline.models",
+    "TransformersEngine": "castline.models",
+    "LlamaCppEngine": "castline.models",
+    "block_real_models": "castline.models",
     "PromptTemplate": "castline.prompts",
     "GenerationSettings": "castline.schemas",
     "Labels": "castline.schemas",

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--model", default=None, help="a local model directory or .gguf file (default: embedded)"
         )
+        sub.add_argument(
+            "--engine",
+            choices=["transformers", "llamacpp"],
+            default=None,
+            help="the engine that runs the model (default: $CASTLINE_ENGINE, else transformers; "
+            "train needs transformers)",
+        )
         sub.add_argument("--limit", type=int, help="use the first N examples")
         sub.add_argument("--sample", type=int, help="use a seeded random sample of N examples")
         sub.add_argument("--seed", type=int, default=0)
@@ -107,7 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> Any:
     from castline.models import load_model
 
     data, shots = _load(args)
-    model = load_model(args.model)
+    model = load_model(args.model, engine=args.engine)
     chain = _chain(args, model, data, shots)
     if args.adapter:
         chain.use_adapter(args.adapter)
@@ -117,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     """Train, save and (with --eval) evaluate an adapter; returns the figures printed."""
     from castline.models import load_model
-    from castline.models.adapters import LoraSettings
+    from castline.models.transformers.adapters import LoraSettings
 
     args.few_shot = 0
     data, _ = _load(args)
@@ -132,7 +139,9 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         gradient_accumulation=args.grad_accum,
         seed=args.seed,
     )
-    chain = _chain(args, load_model(args.model), data + (held_out or []), [])
+    chain = _chain(
+        args, load_model(args.model, engine=args.engine or "transformers"), data + (held_out or []), []
+    )
     report = chain.fine_tune(
         [_pair(args.task, x) for x in data], settings=settings, save_to=args.out, evaluate_on=held_out
     )

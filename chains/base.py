@@ -23,17 +23,21 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ValidationError
 
-from castline.models.adapters import (
-    METADATA_FILE,
-    LoraSettings,
-    TrainingReport,
-    load_adapter,
-    payload_hash,
-    save_adapter,
-    train_adapter,
+from castline.models.protocol import (
+    Capability,
+    Constraint,
+    Engine,
+    Generation,
+    GenerationRequest,
+    Prompt,
 )
-from castline.models.local import Generation, LocalModel
-from castline.schemas.errors import InvalidInputError, ModelLoadError, TruncatedOutputError, UserError
+from castline.schemas.errors import (
+    CastlineError,
+    InvalidInputError,
+    ModelLoadError,
+    TruncatedOutputError,
+    UserError,
+)
 from castline.schemas.output_types import OutputSpec
 from castline.schemas.settings import GenerationSettings
 
@@ -43,7 +47,7 @@ Output = TypeVar("Output")
 class Chain(Runnable[Any, Output], ABC):
     """Base class: validates inputs against ``input_model`` and runs whole batches at once."""
 
-    model: LocalModel
+    model: Engine
     settings: GenerationSettings
     input_model: type[BaseModel]
     adapter: str | None = None  # the LoRA adapter this chain runs with (None: the base model)
@@ -94,17 +98,21 @@ class Chain(Runnable[Any, Output], ABC):
         self,
         examples: Sequence[tuple[Any, Any]],
         *,
-        settings: LoraSettings | None = None,
+        settings: Any = None,
         name: str | None = None,
         save_to: str | Path | None = None,
         evaluate_on: Sequence[Any] | None = None,
-    ) -> TrainingReport:
+    ) -> Any:
         """Train a LoRA adapter from ``(input, expected output)`` pairs and use it in this chain.
 
         Every example is checked before training starts; a bad one raises ``InvalidInputError``
         naming its row. ``evaluate_on`` (records of ``castline.evaluation.readers``) is evaluated
-        after training and the figures go into the report and the saved metadata.
+        after training and the figures go into the report and the saved metadata. ``settings`` is a
+        ``castline.models.transformers.adapters.LoraSettings``; training needs the transformers engine.
         """
+        self.model.require(Capability.TRAINING, f"{type(self).__name__}.fine_tune")
+        from castline.models.transformers.adapters import LoraSettings
+
         pairs = []
         for row, (value, output) in enumerate(examples):
             try:
@@ -112,7 +120,7 @@ class Chain(Runnable[Any, Output], ABC):
             except (InvalidInputError, ValueError) as exc:
                 raise InvalidInputError(f"training example {row}: {exc}") from exc
         name = name or f"{type(self).__name__.lower()}-{len(self.model.adapters)}"
-        report = train_adapter(self.model, name, pairs, settings)
+        report = self.model.train_adapter(name, pairs, settings)  # type: ignore[attr-defined]
         self.adapter = name
         self._adapter_changed()
         if evaluate_on:
@@ -121,13 +129,12 @@ class Chain(Runnable[Any, Output], ABC):
             report.evaluation = evaluate(self, list(evaluate_on)).metrics
         if save_to is not None:
             payload = self.adapter_payload()
-            save_adapter(
-                self.model,
+            self.model.save_adapter(  # type: ignore[attr-defined]
                 name,
                 save_to,
                 {
                     **payload,
-                    "payload_hash": payload_hash(payload),
+                    "payload_hash": payload_digest(payload),
                     "template": getattr(getattr(self, "template", None), "source", None),
                     "settings": asdict(settings or LoraSettings()),
                     "training": asdict(report),
@@ -136,23 +143,20 @@ class Chain(Runnable[Any, Output], ABC):
         return report
 
     def use_adapter(self, directory: str | Path, name: str | None = None) -> Chain[Output]:
-        """Load a saved adapter into this chain's model (once) and run this chain with it.
+        """Load a saved adapter into this chain's engine (once) and run this chain with it.
 
         Refuses an adapter trained for another task, label set or schema, or another base model.
+        Adapters are told apart by their weights: two folders with the same name are two adapters.
         """
-        directory = Path(directory)
-        name = name or directory.resolve().name
-        if name not in self.model.adapters:
-            metadata = load_adapter(self.model, directory, name)
-        else:
-            metadata = json.loads((directory / METADATA_FILE).read_text())
+        self.model.require(Capability.ADAPTERS, f"{type(self).__name__}.use_adapter")
+        info = self.model.load_adapter(Path(directory), name)
         payload = self.adapter_payload()
-        if metadata.get("payload_hash") != payload_hash(payload):
+        if info.metadata.get("payload_hash") != payload_digest(payload):
             raise ModelLoadError(
-                f"adapter {directory} was trained for {metadata.get('task')} with a different label set "
-                f"or schema than this {type(self).__name__}; build the chain with the same labels/schema"
+                f"adapter {directory} was trained for {info.metadata.get('task')} with a different label "
+                f"set or schema than this {type(self).__name__}; build the chain with the same labels/schema"
             )
-        self.adapter = name
+        self.adapter = info.name
         self._adapter_changed()
         return self
 
@@ -160,9 +164,26 @@ class Chain(Runnable[Any, Output], ABC):
         """Run this chain on a copy of its model with its adapter merged in (no LoRA cost per token)."""
         if self.adapter is None:
             raise UserError("this chain has no adapter to merge; fine_tune or use_adapter first")
-        self.model = self.model.merged(self.adapter)
+        self.model.require(Capability.MERGE, f"{type(self).__name__}.merge_adapter")
+        self.model = self.model.merged(self.adapter)  # type: ignore[attr-defined]
         self._adapter_changed()
         return self
+
+    # -- calling the engine --------------------------------------------------------------------
+
+    def _generate(
+        self,
+        prompts: Sequence[Prompt],
+        constraints: Sequence[Constraint],
+        settings: GenerationSettings,
+        budget: int,
+    ) -> list[Generation | CastlineError]:
+        """One engine call for ``prompts``, each under its constraint, with this chain's adapter."""
+        requests = [
+            GenerationRequest(p, c, settings, budget, self.adapter)
+            for p, c in zip(prompts, constraints, strict=True)
+        ]
+        return self.model.generate(requests)
 
     def _adapter_changed(self) -> None:
         """Hook for chains that cache model-dependent state (classification's calibration prior)."""
@@ -183,8 +204,7 @@ class Chain(Runnable[Any, Output], ABC):
         settings = self._settings_for(kwargs)
 
         def run_one(value: Any) -> Output:
-            with self.model.using(self.adapter):
-                result = self._run_batch([self._coerce_input(value)], settings)[0]
+            result = self._run_batch([self._coerce_input(value)], settings)[0]
             if isinstance(result, Exception):
                 raise result
             return result
@@ -211,9 +231,13 @@ class Chain(Runnable[Any, Output], ABC):
                         raise
                     coerced.append(exc)
             valid = [c for c in coerced if not isinstance(c, Exception)]
-            with self.model.using(self.adapter):
-                results = iter(self._run_batch(valid, settings) if valid else [])
-            return [c if isinstance(c, Exception) else next(results) for c in coerced]
+            results = iter(self._run_batch(valid, settings) if valid else [])
+            out = [c if isinstance(c, Exception) else next(results) for c in coerced]
+            if not return_exceptions:
+                for item in out:
+                    if isinstance(item, Exception):
+                        raise item
+            return out
 
         return self._batch_with_config(run_all, inputs, config, return_exceptions=return_exceptions)
 
@@ -236,15 +260,28 @@ class Chain(Runnable[Any, Output], ABC):
         return await run_in_executor(config, lambda: self.invoke(input, config, **kwargs))
 
 
-def parse_generation(generation: Generation, spec: OutputSpec, settings: GenerationSettings) -> Any:
+def token_budget(settings: GenerationSettings, default: int) -> int:
+    """The output budget of a call: the caller's ``max_new_tokens``, else the chain's default."""
+    return settings.max_new_tokens or default
+
+
+def payload_digest(payload: Any) -> str:
+    """Stable hash of what an adapter is bound to (task, label set or schema)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_generation(generation: Generation | CastlineError, spec: OutputSpec, budget: int) -> Any:
     """The typed value of ``generation``, or the typed error saying why there is none."""
+    if isinstance(generation, CastlineError):
+        return generation
     if not generation.complete:
-        limit = settings.max_new_tokens or spec.default_max_new_tokens
-        return TruncatedOutputError(generation.text, limit)
+        return TruncatedOutputError(generation.text, budget)
     try:
         return spec.parse(generation.text)
-    except Exception as exc:  # OutputValidationError from the spec, kept with its raw text
+    except CastlineError as exc:  # OutputValidationError from the spec, kept with its raw text
         return exc
 
 
-__all__ = ["Chain", "parse_generation"]
+__all__ = ["Chain", "parse_generation", "payload_digest", "token_budget"]

@@ -1,9 +1,10 @@
 """Classification with a real probability for every label.
 
-The model is not asked to write a label or a confidence. Each label's full token sequence
-(followed by the end-of-turn token, so "card" and "card_arrival" stay distinct) is scored in one
-forward pass per few prompts (``castline.models.scoring``), and the probabilities are the
-normalised sequence probabilities over the label set.
+The model is not asked to write a label or a confidence. Each label's full text (followed by the
+end-of-turn token, so "card" and "card_arrival" stay distinct) is scored as a continuation of the
+prompt by the engine (``Engine.score``: unconstrained log-probabilities), and the probabilities
+are the normalised sequence probabilities over the label set, computed here, above the engine
+seam, so they mean the same on every engine.
 
 Calibration (on by default) removes the label prior a small model brings to the prompt: the label
 distribution for content-free inputs ("N/A", "", "[MASK]") is measured once per chain, and each
@@ -12,7 +13,7 @@ lifts accuracy well above the uncalibrated scores (see benchmarks/tasks.py).
 
 Multi-label classification scores, for each label independently, "label: yes" against
 "label: no" after the prompt; the probability of "yes" (calibrated the same way) is compared with
-a threshold.
+a threshold. Engines score continuations sharing a prefix ("label:") once.
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, Field
 
 from castline.chains.base import Chain
 from castline.chains.structured import default_model
-from castline.models.local import LocalModel
-from castline.models.scoring import TokenTrie, score_candidates
+from castline.models.protocol import Capability, Continuation, Engine, Prompt
 from castline.prompts.templates import PromptTemplate, load_template
-from castline.schemas.errors import InvalidInputError, OutputTypeError
+from castline.schemas.errors import InvalidInputError, ModelOutputError, OutputTypeError
 from castline.schemas.output_types import Labels, labels_of
 from castline.schemas.results import Classification, MultiLabelClassification
 from castline.schemas.settings import GenerationSettings
@@ -73,7 +72,7 @@ class _LabelChain(Chain[Any]):
         self,
         labels: Any,
         *,
-        model: LocalModel | None = None,
+        model: Engine | None = None,
         descriptions: Mapping[str, str] | None = None,
         examples: Sequence[Mapping[str, Any]] = (),
         instruction: str | None = None,
@@ -81,6 +80,7 @@ class _LabelChain(Chain[Any]):
         calibrate: bool = True,
     ) -> None:
         self.model = model or default_model()
+        self.model.require(Capability.SCORE, type(self).__name__)
         self.labels = as_labels(labels, descriptions)
         self.settings = GenerationSettings()
         self.input_model = TextInput
@@ -92,8 +92,8 @@ class _LabelChain(Chain[Any]):
             "examples": [self._check_example(dict(e), i) for i, e in enumerate(examples)],
         }
         self.template.check_variables(set(self.partials) | {"text"}, "a classification chain")
-        self._trie = self._build_trie()
-        self._prior: torch.Tensor | None = None
+        self.continuations = self._continuations()
+        self._prior: list[float] | None = None
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -101,33 +101,31 @@ class _LabelChain(Chain[Any]):
     def adapter_payload(self) -> dict[str, Any]:
         return {"task": type(self).__name__, "labels": list(self.labels.names)}
 
-    def _build_trie(self) -> TokenTrie:
+    def _continuations(self) -> list[Continuation]:
         raise NotImplementedError
 
-    def _label_tokens(self, name: str) -> list[int]:
-        return list(self.model.tokenizer(name, add_special_tokens=False).input_ids)
-
-    def prompt_for(self, text: str) -> str:
+    def prompt_for(self, text: str) -> Prompt:
         """The exact prompt the labels are scored after."""
         return self.model.chat_prompt(self.template.render({**self.partials, "text": text}))
 
-    def _log_scores(self, prompts: list[str]) -> torch.Tensor:
+    def _log_scores(self, prompts: list[Prompt]) -> list[list[float]]:
         """Per-label log-scores after each rendered prompt."""
         raise NotImplementedError
 
     def _adapter_changed(self) -> None:
         self._prior = None  # the content-free prior belongs to the model as adapted
 
-    def prior(self) -> torch.Tensor:
+    def prior(self) -> list[float]:
         """Label log-scores for content-free inputs, measured once per chain."""
         if self._prior is None:
-            self._prior = self._log_scores([self.prompt_for(t) for t in CONTENT_FREE_INPUTS]).mean(dim=0)
+            rows = self._log_scores([self.prompt_for(t) for t in CONTENT_FREE_INPUTS])
+            self._prior = [sum(column) / len(rows) for column in zip(*rows, strict=True)]
         return self._prior
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         prompts = [self.prompt_for(x["text"]) for x in inputs]
-        room = max(self._trie.depths) + 2
-        fits = [self.model.count_tokens(p) + room <= self.model.max_context for p in prompts]
+        room = max(self.model.count_tokens(c.text) for c in self.continuations) + 2
+        fits = [self.model.prompt_length(p) + room <= self.model.max_context for p in prompts]
         fitting = [p for p, ok in zip(prompts, fits, strict=True) if ok]
         rows = iter(self._log_scores(fitting) if fitting else [])
         message = (
@@ -136,7 +134,7 @@ class _LabelChain(Chain[Any]):
         )
         return [self._result(next(rows)) if ok else InvalidInputError(message) for ok in fits]
 
-    def _result(self, row: torch.Tensor) -> Any:
+    def _result(self, row: list[float]) -> Any:
         raise NotImplementedError
 
 
@@ -165,24 +163,22 @@ class Classify(_LabelChain):
             )
         return example
 
-    def _build_trie(self) -> TokenTrie:
-        eos = self.model.tokenizer.eos_token_id
-        return TokenTrie.build([[*self._label_tokens(n), eos] for n in self.labels.names])
+    def _continuations(self) -> list[Continuation]:
+        return [Continuation(n, end_of_turn=True) for n in self.labels.names]
 
-    def _log_scores(self, prompts: list[str]) -> torch.Tensor:
-        scores, _ = score_candidates(self.model, prompts, self._trie)
-        return torch.log_softmax(scores, dim=-1)
+    def _log_scores(self, prompts: list[Prompt]) -> list[list[float]]:
+        return [log_softmax(row) for row in self.model.score(prompts, self.continuations, self.adapter)]
 
-    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[Prompt, str]:
         label = output.label if isinstance(output, Classification) else getattr(output, "value", output)
         if label not in self.labels.names:
             raise InvalidInputError(f"label {label!r} is not one of {list(self.labels.names)}")
         return self.prompt_for(input["text"]), str(label)
 
-    def _result(self, row: torch.Tensor) -> Classification:
+    def _result(self, row: list[float]) -> Classification:
         if self.calibrate:
-            row = torch.log_softmax(row - self.prior(), dim=-1)
-        probs = row.exp().tolist()
+            row = log_softmax([v - p for v, p in zip(row, self.prior(), strict=True)])
+        probs = [math.exp(v) for v in row]
         best = max(range(len(probs)), key=probs.__getitem__)
         return Classification(
             label=self.labels.names[best],
@@ -219,17 +215,19 @@ class MultiLabelClassify(_LabelChain):
             raise InvalidInputError(f"example {index} needs 'labels' from {list(self.labels.names)}")
         return example
 
-    def _build_trie(self) -> TokenTrie:
-        return TokenTrie.build([self._label_tokens(f"{n}:") for n in self.labels.names])
+    def _continuations(self) -> list[Continuation]:
+        return [
+            Continuation(f"{n}: {answer}", end_of_turn=False)
+            for n in self.labels.names
+            for answer in ("yes", "no")
+        ]
 
-    def _log_scores(self, prompts: list[str]) -> torch.Tensor:
-        yes_no = [self._label_tokens(" yes")[0], self._label_tokens(" no")[0]]
-        _, after = score_candidates(self.model, prompts, self._trie, yes_no)
-        assert after is not None
-        # log-odds of "yes" against "no" for every label
-        return after[..., 0] - after[..., 1]
+    def _log_scores(self, prompts: list[Prompt]) -> list[list[float]]:
+        # log-odds of "yes" against "no" for every label (the shared "label:" cancels out)
+        rows = self.model.score(prompts, self.continuations, self.adapter)
+        return [[row[2 * i] - row[2 * i + 1] for i in range(len(self.labels.names))] for row in rows]
 
-    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[Prompt, str]:
         chosen = set(output.labels if isinstance(output, MultiLabelClassification) else output)
         unknown = chosen - set(self.labels.names)
         if unknown:
@@ -237,9 +235,20 @@ class MultiLabelClassify(_LabelChain):
         lines = [f"{n}: {'yes' if n in chosen else 'no'}" for n in self.labels.names]
         return self.prompt_for(input["text"]), "\n".join(lines)
 
-    def _result(self, row: torch.Tensor) -> MultiLabelClassification:
+    def _result(self, row: list[float]) -> MultiLabelClassification:
         if self.calibrate:
-            row = row - self.prior()
+            row = [v - p for v, p in zip(row, self.prior(), strict=True)]
         probs = {n: 1.0 / (1.0 + math.exp(-float(v))) for n, v in zip(self.labels.names, row, strict=True)}
         chosen = sorted((n for n, p in probs.items() if p >= self.threshold), key=lambda n: -probs[n])
         return MultiLabelClassification(labels=chosen, probabilities=probs, threshold=self.threshold)
+
+
+def log_softmax(values: Sequence[float]) -> list[float]:
+    """Log-probabilities from log-scores (stable, no torch)."""
+    if any(math.isnan(v) for v in values):
+        raise ModelOutputError(f"the engine gave NaN log-probabilities: {list(values)}", "")
+    top = max(values)
+    if math.isinf(top):
+        raise ModelOutputError(f"the engine gave no label a finite log-probability: {list(values)}", "")
+    total = top + math.log(sum(math.exp(v - top) for v in values))
+    return [v - total for v in values]

@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from castline.chains.base import token_budget
 from castline.chains.structured import StructuredChain
-from castline.models.spans import SpanProcessor, SpanState
+from castline.models.protocol import Capability, Prompt, SpanConstraint
 from castline.schemas.errors import (
     InvalidInputError,
     OutputTypeError,
@@ -73,13 +74,13 @@ class Extract(StructuredChain[Any]):
             **kwargs,
         )
         if spans:
+            self.model.require(Capability.SPANS, "Extract(spans=True)")
             self.partials["examples"] = [
                 {"input": e["input"], "record": schema.model_validate_json(e["output"]).model_dump()}
                 for e in self.partials["examples"]
             ]
-            self._newlines = self.model.vocabulary_trie().newline_ids
 
-    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[Prompt, str]:
         if not self.spans:
             return super().training_pair(input, output)
         text = input["text"]
@@ -101,30 +102,27 @@ class Extract(StructuredChain[Any]):
         if not self.spans:
             return super()._run_batch(inputs, settings)
         names = tuple(self.schema.model_fields)
-        states = [
-            SpanState(
+        constraints = [
+            SpanConstraint(
                 x["text"], names, ordered=True, optional=self.optional, max_span_tokens=self.max_field_tokens
             )
             for x in inputs
         ]
-        processor = SpanProcessor(
-            self.model.vocabulary_trie(), states, self.model.tokenizer.eos_token_id, self._newlines
+        budget = token_budget(
+            settings, 16 * len(names) + max(self.model.count_tokens(x["text"]) for x in inputs)
         )
-        budget = settings.max_new_tokens or 16 * len(names) + max(
-            self.model.count_tokens(x["text"]) for x in inputs
-        )
-        generations = self.model.generate(
-            [self.prompt_for(x) for x in inputs],
-            settings=settings.merged({"max_new_tokens": budget}),
-            processor=processor,
-        )
-        processor.finish([g.complete for g in generations])
+        generations = self._generate([self.prompt_for(x) for x in inputs], constraints, settings, budget)
         results: list[Any] = []
-        for x, state, generation in zip(inputs, states, generations, strict=True):
+        for x, generation in zip(inputs, generations, strict=True):
+            if isinstance(generation, Exception):
+                results.append(generation)
+                continue
             if not generation.complete:
                 results.append(TruncatedOutputError(generation.text, budget))
                 continue
-            values = {label: (x["text"][s:e] if s >= 0 else None) for s, e, label in state.spans}
+            values = {
+                s.label: (x["text"][s.start : s.end] if s.start >= 0 else None) for s in generation.spans
+            }
             try:
                 results.append(self.schema.model_validate(values))
             except ValidationError as exc:

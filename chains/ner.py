@@ -4,7 +4,7 @@
     >>> ner.invoke("Ada Lovelace was born in London.").entities
     [Entity(text='Ada Lovelace', label='person', start=0, end=12, score=0.91), ...]
 
-Mentions are decoded under the span grammar of ``castline.models.spans``: each is a substring of
+Mentions are decoded under the span rule (``SpanConstraint``, applied by the engine): each is a substring of
 the input by construction, in order of appearance, not overlapping (nested entities are not
 represented; run one chain per type for those). ``text == input[start:end]`` always holds.
 An entity's score is the geometric mean probability of the tokens of its line ("type: mention").
@@ -22,12 +22,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from castline.chains.base import Chain
+from castline.chains.base import Chain, token_budget
 from castline.chains.classify import as_labels
 from castline.chains.structured import default_model
 from castline.chains.windows import merge_spans, split_windows
-from castline.models.local import LocalModel
-from castline.models.spans import SpanProcessor, SpanState
+from castline.models.protocol import Capability, Engine, Prompt, SpanConstraint
 from castline.prompts.templates import PromptTemplate, load_template
 from castline.schemas.errors import InvalidInputError, TruncatedOutputError
 from castline.schemas.results import Entities, Entity
@@ -53,7 +52,7 @@ class RecognizeEntities(Chain[Entities]):
         self,
         labels: Any,
         *,
-        model: LocalModel | None = None,
+        model: Engine | None = None,
         descriptions: Mapping[str, str] | None = None,
         examples: Sequence[Mapping[str, Any]] = (),
         instruction: str | None = None,
@@ -64,6 +63,7 @@ class RecognizeEntities(Chain[Entities]):
         **generation: Any,
     ) -> None:
         self.model = model or default_model()
+        self.model.require(Capability.SPANS, type(self).__name__)
         self.labels = as_labels(labels, descriptions)
         for name in self.labels.names:
             if ":" in name or "\n" in name:
@@ -78,7 +78,7 @@ class RecognizeEntities(Chain[Entities]):
         }
         self.template.check_variables(set(self.partials) | {"text"}, "a NER chain")
         self.window_tokens, self.window_overlap = window_tokens, window_overlap
-        self._newlines = self.model.vocabulary_trie().newline_ids
+        self.model.prepare(SpanConstraint("", tuple(self.labels.names)))
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
         text = example.get("text")
@@ -100,7 +100,7 @@ class RecognizeEntities(Chain[Entities]):
     def adapter_payload(self) -> dict[str, Any]:
         return {"task": type(self).__name__, "labels": list(self.labels.names)}
 
-    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[Prompt, str]:
         """Target: one "type: mention" line per entity in text order, as the span grammar decodes."""
         text = input["text"]
         raw = output.entities if isinstance(output, Entities) else output
@@ -125,38 +125,36 @@ class RecognizeEntities(Chain[Entities]):
     def OutputType(self) -> type[Entities]:
         return Entities
 
-    def prompt_for(self, text: str) -> str:
+    def prompt_for(self, text: str) -> Prompt:
         return self.model.chat_prompt(self.template.render({**self.partials, "text": text}))
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         texts = [x["text"] for x in inputs]
         pieces = []  # (item, window start, window text)
         for item, text in enumerate(texts):
-            for start, end in split_windows(
-                text, self.model.tokenizer, self.window_tokens, self.window_overlap
-            ):
+            for start, end in split_windows(text, self.model, self.window_tokens, self.window_overlap):
                 pieces.append((item, start, text[start:end]))
-        states = [SpanState(piece, tuple(self.labels.names)) for _, _, piece in pieces]
-        budget = settings.max_new_tokens or 32 + 2 * max(self.model.count_tokens(p) for _, _, p in pieces)
-        processor = SpanProcessor(
-            self.model.vocabulary_trie(), states, self.model.tokenizer.eos_token_id, self._newlines
-        )
-        generations = self.model.generate(
+        budget = token_budget(settings, 32 + 2 * max(self.model.count_tokens(p) for _, _, p in pieces))
+        labels = tuple(self.labels.names)
+        generations = self._generate(
             [self.prompt_for(p) for _, _, p in pieces],
-            settings=settings.merged({"max_new_tokens": budget}),
-            processor=processor,
+            [SpanConstraint(p, labels) for _, _, p in pieces],
+            settings,
+            budget,
         )
-        processor.finish([g.complete for g in generations])
         found: list[list[tuple[int, int, str, float]]] = [[] for _ in texts]
         failed: dict[int, Exception] = {}
-        for (item, offset, _), state, generation in zip(pieces, states, generations, strict=True):
+        for (item, offset, _), generation in zip(pieces, generations, strict=True):
+            if isinstance(generation, Exception):
+                failed.setdefault(item, generation)
+                continue
             if not generation.complete:
                 failed.setdefault(item, TruncatedOutputError(generation.text, budget))
                 continue
-            for (start, end, label), (first, last) in zip(state.spans, state.span_steps, strict=True):
-                logprobs = generation.token_logprobs[first:last] or (0.0,)
+            for span in generation.spans:
+                logprobs = generation.token_logprobs[span.first_token : span.last_token] or (0.0,)
                 score = math.exp(sum(logprobs) / len(logprobs))
-                found[item].append((offset + start, offset + end, label, score))
+                found[item].append((offset + span.start, offset + span.end, span.label or "", score))
         results: list[Any] = []
         for item, text in enumerate(texts):
             if item in failed:

@@ -4,10 +4,10 @@
     >>> qa.invoke({"question": "Where was Ada born?", "context": "Ada was born in London."})
     Answer(text='London', start=16, end=22, score=0.87, context_index=0)
 
-The answer is decoded under the span grammar (``castline.models.spans``), so ``text ==
+The answer is decoded under the span rule (``SpanConstraint``), so ``text ==
 context[start:end]`` by construction. Then the decoded span and the no-answer reply are scored
-as complete replies after the same prompt (``castline.models.scoring``, per token so length does
-not decide); ``score`` is the span's share of the two. With ``allow_no_answer=True`` the chain
+as complete replies after the same prompt (``Engine.score``, per token so length does not
+decide); ``score`` is the span's share of the two. With ``allow_no_answer=True`` the chain
 answers "no answer" when that reply is likelier; with False (the default, as in SQuAD v1) it
 always returns the best span. The embedded 135M model over-predicts "no answer", so turn it on
 with a larger model or after fine-tuning.
@@ -28,17 +28,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, Field
 
-from castline.chains.base import Chain
+from castline.chains.base import Chain, token_budget
 from castline.chains.structured import default_model
 from castline.chains.windows import split_windows
-from castline.models.local import LocalModel
-from castline.models.scoring import TokenTrie, score_candidates
-from castline.models.spans import SpanProcessor, SpanState
+from castline.models.protocol import Capability, Continuation, Engine, Prompt, SpanConstraint
 from castline.prompts.templates import PromptTemplate, load_template
-from castline.schemas.errors import InvalidInputError, TruncatedOutputError
+from castline.schemas.errors import InvalidInputError, ModelOutputError, TruncatedOutputError
 from castline.schemas.results import Answer
 from castline.schemas.settings import GenerationSettings
 
@@ -74,7 +71,7 @@ class AnswerQuestion(Chain[Answer]):
     def __init__(
         self,
         *,
-        model: LocalModel | None = None,
+        model: Engine | None = None,
         allow_no_answer: bool = False,
         examples: Sequence[Mapping[str, Any]] = (),
         default_examples: bool = True,
@@ -87,6 +84,8 @@ class AnswerQuestion(Chain[Answer]):
         **generation: Any,
     ) -> None:
         self.model = model or default_model()
+        self.model.require(Capability.SPANS, type(self).__name__)
+        self.model.require(Capability.SCORE, type(self).__name__)
         self.allow_no_answer = allow_no_answer
         self.max_answer_tokens = max_answer_tokens
         self.settings = (settings or GenerationSettings()).merged(generation)
@@ -101,7 +100,8 @@ class AnswerQuestion(Chain[Answer]):
         }
         self.template.check_variables(set(self.partials) | {"question", "context"}, "a QA chain")
         self.window_tokens, self.window_overlap = window_tokens, window_overlap
-        self._no_answer_tokens = self.model.tokenizer(NO_ANSWER, add_special_tokens=False).input_ids
+        self._no_answer_tokens = self.model.count_tokens(NO_ANSWER) + 1  # with the end-of-turn token
+        self.model.prepare(SpanConstraint(""))
 
     @staticmethod
     def _check_example(example: dict[str, Any], index: int) -> dict[str, Any]:
@@ -112,7 +112,7 @@ class AnswerQuestion(Chain[Answer]):
             )
         return example
 
-    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[str, str]:
+    def training_pair(self, input: dict[str, Any], output: Any) -> tuple[Prompt, str]:
         """Target: the answer span as decoded, or the no-answer reply."""
         context = input["context"]
         if not isinstance(context, str):
@@ -130,43 +130,45 @@ class AnswerQuestion(Chain[Answer]):
     def OutputType(self) -> type[Answer]:
         return Answer
 
-    def prompt_for(self, question: str, context: str) -> str:
+    def prompt_for(self, question: str, context: str) -> Prompt:
         values = {**self.partials, "question": question, "context": context}
         return self.model.chat_prompt(self.template.render(values))
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         pieces = []  # (item, context index, window start, window text, question)
+        best: dict[int, Answer | Exception] = {}
         for item, x in enumerate(inputs):
             contexts = [x["context"]] if isinstance(x["context"], str) else list(x["context"])
             if not contexts or not all(c.strip() for c in contexts):
-                raise InvalidInputError("every context must be a non-empty string")
+                best[item] = InvalidInputError("every context must be a non-empty string")
+                continue
             for ci, context in enumerate(contexts):
-                for start, end in split_windows(
-                    context, self.model.tokenizer, self.window_tokens, self.window_overlap
-                ):
+                for start, end in split_windows(context, self.model, self.window_tokens, self.window_overlap):
                     pieces.append((item, ci, start, context[start:end], x["question"]))
         prompts = [self.prompt_for(q, w) for _, _, _, w, q in pieces]
-        states = [SpanState(w, None, max_span_tokens=self.max_answer_tokens) for _, _, _, w, _ in pieces]
-        budget = settings.max_new_tokens or 64
-        processor = SpanProcessor(self.model.vocabulary_trie(), states, self.model.tokenizer.eos_token_id, ())
-        generations = self.model.generate(
-            prompts, settings=settings.merged({"max_new_tokens": budget}), processor=processor
-        )
-        processor.finish([g.complete for g in generations])
-        best: dict[int, Answer | Exception] = {}
-        for (item, ci, offset, _, _), prompt, state, generation in zip(
-            pieces, prompts, states, generations, strict=True
+        budget = token_budget(settings, 64)
+        constraints = [SpanConstraint(w, max_span_tokens=self.max_answer_tokens) for _, _, _, w, _ in pieces]
+        generations = self._generate(prompts, constraints, settings, budget) if pieces else []
+        for (item, ci, offset, window, _), prompt, generation in zip(
+            pieces, prompts, generations, strict=True
         ):
-            if not generation.complete or not state.spans:
+            if isinstance(generation, Exception):
+                best.setdefault(item, generation)
+                continue
+            if not generation.complete:
                 best.setdefault(item, TruncatedOutputError(generation.text, budget))
                 continue
-            start, end, _ = state.spans[0]
-            p_span = self._span_share(prompt, list(generation.token_ids))
+            if not generation.spans:
+                best.setdefault(
+                    item, ModelOutputError("the model ended its reply without a span", generation.text)
+                )
+                continue
+            span = generation.spans[0]
             candidate = Answer(
-                text=state.text[start:end],
-                start=offset + start,
-                end=offset + end,
-                score=p_span,
+                text=window[span.start : span.end],
+                start=offset + span.start,
+                end=offset + span.end,
+                score=self._span_share(prompt, generation.text),
                 context_index=ci,
             )
             current = best.get(item)
@@ -180,15 +182,18 @@ class AnswerQuestion(Chain[Answer]):
             results.append(answer)
         return results
 
-    def _span_share(self, prompt: str, span_tokens: list[int]) -> float:
+    def _span_share(self, prompt: Prompt, reply: str) -> float:
         """How much likelier the span reply is than the no-answer reply, as a probability.
 
         Both replies are scored under the unconstrained model, per token: a long span has a lower
         total probability than a short reply just for its length, which would bias the choice.
         """
-        eos = self.model.tokenizer.eos_token_id
-        candidates = [[*span_tokens, eos], [*self._no_answer_tokens, eos]]
-        scores, _ = score_candidates(self.model, [prompt], TokenTrie.build(candidates))
-        per_token = scores[0] / torch.tensor([len(c) for c in candidates], dtype=scores.dtype)
-        share = torch.softmax(per_token, dim=0)[0].item()
-        return float(min(1.0, max(0.0, share))) if not math.isnan(share) else 0.0
+        candidates = [Continuation(reply), Continuation(NO_ANSWER)]
+        scores = self.model.score([prompt], candidates, self.adapter)[0]
+        lengths = [self.model.count_tokens(reply) + 1, self._no_answer_tokens]
+        per_token = [s / n for s, n in zip(scores, lengths, strict=True)]
+        top = max(per_token)
+        if math.isnan(top):
+            return 0.0
+        share = math.exp(per_token[0] - top) / sum(math.exp(v - top) for v in per_token)
+        return float(min(1.0, max(0.0, share)))

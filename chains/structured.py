@@ -15,14 +15,15 @@ input fields at build time too.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, create_model
 
-from castline.chains.base import Chain, Output, parse_generation
-from castline.models.local import LocalModel
+from castline.chains.base import Chain, Output, parse_generation, token_budget
+from castline.models.protocol import Capability, Engine, Prompt
 from castline.prompts.templates import PromptTemplate, load_template
 from castline.schemas.errors import InvalidInputError, OutputValidationError
 from castline.schemas.output_types import OutputSpec, output_spec
@@ -30,17 +31,22 @@ from castline.schemas.settings import GenerationSettings
 
 DEFAULT_INSTRUCTION = "Read the user's text and answer with exactly the requested output."
 
-_default_model: LocalModel | None = None
+_default_model: Engine | None = None
+_default_lock = threading.Lock()
 
 
-def default_model() -> LocalModel:
-    """The embedded default model, loaded once per process and shared by chains built without one."""
+def default_model() -> Engine:
+    """The embedded default model, loaded once per process and shared by chains built without one.
+
+    Chains built in several threads at once share one load (the lock), never load twice.
+    """
     global _default_model
-    if _default_model is None:
-        from castline.models.local import load_model
+    with _default_lock:
+        if _default_model is None:
+            from castline.models.loading import load_model
 
-        _default_model = load_model()
-    return _default_model
+            _default_model = load_model()
+        return _default_model
 
 
 class StructuredChain(Chain[Output]):
@@ -49,7 +55,8 @@ class StructuredChain(Chain[Output]):
     Args:
         output_type: a Pydantic model (or any type Pydantic describes), a ``Literal``/``Enum``/
             ``Labels`` label set, or ``Regex(pattern)``.
-        model: a ``LocalModel``; None uses the embedded default model.
+        model: an ``Engine`` (``load_model(...)``, or ``FakeEngine()`` in tests); None uses the
+            embedded default model.
         template: a shipped template name, a ``.jinja`` path, or a ``PromptTemplate``.
         input_type: a Pydantic model for the input; by default the input is a dict holding the
             template's variables (a plain string is accepted when there is only one).
@@ -64,7 +71,7 @@ class StructuredChain(Chain[Output]):
         self,
         output_type: Any,
         *,
-        model: LocalModel | None = None,
+        model: Engine | None = None,
         template: str | Path | PromptTemplate = "structured",
         input_type: type[BaseModel] | None = None,
         partial_variables: Mapping[str, Any] | None = None,
@@ -74,6 +81,7 @@ class StructuredChain(Chain[Output]):
         **generation: Any,
     ) -> None:
         self.model = model or default_model()
+        self.model.require(Capability.GRAMMAR, f"{type(self).__name__}({output_type!r})")
         self.retries = retries
         self.spec: OutputSpec = output_spec(output_type)
         self.template = load_template(template)
@@ -89,7 +97,7 @@ class StructuredChain(Chain[Output]):
             fields: dict[str, Any] = {name: (Any, ...) for name in needed}
             self.input_model = create_model(f"{type(self).__name__}Input", **fields)
         # Compile the constraint now: the first call stays fast, a bad type fails here.
-        self.model.index_for(self.spec.regex)
+        self.model.prepare(self.spec)
 
     def _provided_variables(self, examples: Sequence[tuple[Mapping[str, Any], Any]]) -> dict[str, Any]:
         schema = json.dumps(self.spec.json_schema, separators=(",", ":")) if self.spec.json_schema else ""
@@ -108,7 +116,7 @@ class StructuredChain(Chain[Output]):
             return TypeAdapter(self.spec.python_type).dump_json(value).decode()
         return str(getattr(value, "value", value))
 
-    def training_pair(self, input: Any, output: Any) -> tuple[str, str]:
+    def training_pair(self, input: Any, output: Any) -> tuple[Prompt, str]:
         from pydantic import TypeAdapter
 
         value = TypeAdapter(self.spec.python_type).validate_python(output)
@@ -123,20 +131,21 @@ class StructuredChain(Chain[Output]):
     def OutputType(self) -> Any:
         return self.spec.python_type
 
-    def prompt_for(self, values: Mapping[str, Any]) -> str:
+    def prompt_for(self, values: Mapping[str, Any]) -> Prompt:
         """The exact prompt text the model sees for ``values`` (chat template applied)."""
         return self.model.chat_prompt(self.template.render({**self.partials, **values}))
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         prompts = [self.prompt_for(values) for values in inputs]
-        generations = self.model.generate(prompts, self.spec, settings)
-        results = [parse_generation(g, self.spec, settings) for g in generations]
+        budget = token_budget(settings, self.spec.default_max_new_tokens)
+        generations = self._generate(prompts, [self.spec] * len(prompts), settings, budget)
+        results = [parse_generation(g, self.spec, budget) for g in generations]
         for attempt in range(self.retries):
             failed = [i for i, r in enumerate(results) if isinstance(r, OutputValidationError)]
             if not failed:
                 break
             retry = settings.merged({"temperature": 0.7, "seed": (settings.seed or 0) + attempt + 1})
-            again = self.model.generate([prompts[i] for i in failed], self.spec, retry)
+            again = self._generate([prompts[i] for i in failed], [self.spec] * len(failed), retry, budget)
             for i, generation in zip(failed, again, strict=True):
-                results[i] = parse_generation(generation, self.spec, settings)
+                results[i] = parse_generation(generation, self.spec, budget)
         return results

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from transformers import PreTrainedTokenizerBase
+from castline.models.protocol import Engine
 
 
-def split_windows(
-    text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int, overlap: int
-) -> list[tuple[int, int]]:
+def split_windows(text: str, engine: Engine, max_tokens: int, overlap: int) -> list[tuple[int, int]]:
     """Character ranges covering ``text``, each at most ``max_tokens`` tokens, overlapping.
 
     Windows end at whitespace where one is near, so words are not cut in half; consecutive
@@ -17,7 +15,7 @@ def split_windows(
     """
     if max_tokens <= overlap:
         raise ValueError("a window must be longer than its overlap")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = engine.token_offsets(text)
     if len(offsets) <= max_tokens:
         return [(0, len(text))]
     windows, first = [], 0

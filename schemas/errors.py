@@ -8,9 +8,11 @@ fault it is, so callers can catch exactly what they can act on::
     │   ├── ModelLoadError         a model could not be loaded
     │   │   ├── ModelNotFoundError        the path (or hub id) is not available locally
     │   │   ├── DefaultModelMissingError  the embedded model package is not installed
-    │   │   └── UnsafeWeightsError        weights are not safetensors or GGUF
+    │   │   ├── UnsafeWeightsError        weights are not safetensors or GGUF
+    │   │   └── RealModelBlockedError     real models are blocked (unit tests on FakeEngine)
     │   ├── TemplateError          a prompt template is missing, broken or misses variables
     │   ├── OutputTypeError        an output type castline cannot constrain decoding to
+    │   ├── EngineCapabilityError  the engine cannot do what the chain needs (names both)
     │   ├── InvalidInputError      a chain input is not what the chain expects
     │   └── DataError              a data file cannot be read (names file, line, problem)
     └── ModelOutputError           the model produced something unusable (raw text kept)
@@ -45,6 +47,19 @@ class DefaultModelMissingError(ModelLoadError):
 
 class UnsafeWeightsError(ModelLoadError):
     """The weights are in a format castline refuses to load (only safetensors and GGUF)."""
+
+
+class RealModelBlockedError(ModelLoadError):
+    """A real model was about to load while ``block_real_models()`` is in force."""
+
+
+class EngineCapabilityError(UserError):
+    """The engine lacks a capability the chain needs; raised when the chain is built."""
+
+    def __init__(self, message: str, engine: str, capability: str) -> None:
+        super().__init__(message)
+        self.engine = engine
+        self.capability = capability
 
 
 class TemplateError(UserError):

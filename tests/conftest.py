@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from castline.models import LocalModel, load_model
+from castline.models import TransformersEngine, load_model
 from castline.models.loading import resolve_source, weights_dir
 
 
@@ -27,7 +27,7 @@ def tokenizer(default_model_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tokenizer) -> LocalModel:
+def tiny_model(tokenizer) -> TransformersEngine:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -40,9 +40,9 @@ def tiny_model(tokenizer) -> LocalModel:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return LocalModel(LlamaForCausalLM(config), tokenizer, name="tiny-random-llama")
+    return TransformersEngine(LlamaForCausalLM(config), tokenizer, name="tiny-random-llama")
 
 
 @pytest.fixture(scope="session")
-def real_model() -> LocalModel:
+def real_model() -> TransformersEngine:
     return load_model()

@@ -11,7 +11,7 @@ import pytest
 
 from castline.chains import AnswerQuestion, Classify, Extract, RecognizeEntities, StructuredChain
 from castline.models import load_model
-from castline.models.adapters import LoraSettings
+from castline.models.transformers.adapters import LoraSettings
 from castline.schemas import InvalidInputError, ModelLoadError, UserError
 from tests.test_tasks import Receipt
 

@@ -170,8 +170,8 @@ def test_few_shot_examples_render_as_turns_in_decoder_format(tiny_model):
         Tag, model=tiny_model, examples=[({"text": "heavy apple"}, Tag(name="apple", weight=3))]
     )
     prompt = chain.prompt_for({"text": "light pear"})
-    assert '{"name":"apple","weight":3}' in prompt
-    assert prompt.index("heavy apple") < prompt.index("light pear")
+    assert '{"name":"apple","weight":3}' in prompt.text
+    assert prompt.text.index("heavy apple") < prompt.text.index("light pear")
 
 
 def test_input_and_output_schemas_are_exposed(tiny_model):

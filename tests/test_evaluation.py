@@ -181,7 +181,7 @@ def test_cli_reports_bad_files_with_exit_code_2(tmp_path, capsys):
 def test_cli_evaluate_prints_json_last(tmp_path, capsys, monkeypatch, tiny_model):
     import castline.models
 
-    monkeypatch.setattr(castline.models, "load_model", lambda source=None: tiny_model)
+    monkeypatch.setattr(castline.models, "load_model", lambda source=None, **options: tiny_model)
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"item {i},{'ab'[i % 2]}\n" for i in range(12)))
     assert main(["evaluate", "classify", str(path), "--few-shot", "1", "--limit", "6", "--json"]) == 0
@@ -196,10 +196,10 @@ def test_cli_train_writes_an_adapter_that_evaluate_uses(tmp_path, capsys, monkey
     tiny_model.hf_model.save_pretrained(tiny_dir)
     tokenizer.save_pretrained(tiny_dir)
     # each command gets a fresh copy of the tiny model, as separate processes would
-    from castline.models.local import load_model as real_load
+    from castline.models.transformers import load_transformers as real_load
 
     monkeypatch.setattr(
-        castline.models, "load_model", lambda source=None: real_load(tiny_dir, dtype="float32")
+        castline.models, "load_model", lambda source=None, **options: real_load(tiny_dir, dtype="float32")
     )
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"item {i},{'ab'[i % 2]}\n" for i in range(12)))

@@ -122,6 +122,6 @@ def test_public_names_resolve_and_match_all():
         public = {
             n for n in vars(module) if not n.startswith("_") and not isinstance(getattr(module, n), type(sys))
         }
-        assert set(module.__all__) <= public
+        assert all(hasattr(module, n) for n in module.__all__)  # engines are exported lazily
     for name in castline.__all__:
         assert getattr(castline, name) is not None

@@ -18,7 +18,7 @@ from castline.chains.classify import Classify, MultiLabelClassify
 from castline.chains.extract import Extract
 from castline.chains.ner import RecognizeEntities
 from castline.chains.qa import AnswerQuestion
-from castline.models.scoring import TokenTrie, score_candidates
+from castline.models import Continuation
 from castline.schemas import InvalidInputError, OutputTypeError
 from castline.schemas.results import Entities, Entity
 
@@ -56,20 +56,17 @@ def test_classification_probabilities_cover_every_label_and_sum_to_one(tiny_mode
 
 def test_label_scores_equal_the_naive_full_sequence_log_probabilities(tiny_model):
     """The trie pass with a shared prefix cache computes exactly what one pass per label would."""
-    tok = tiny_model.tokenizer
-    sequences = [
-        [*tok(s, add_special_tokens=False).input_ids, tok.eos_token_id]
-        for s in ["card", "card_arrival", "cash"]
-    ]
+    labels = ["card", "card_arrival", "cash"]
+    sequences = [[*tiny_model.encode_text(s), tiny_model.eos_id] for s in labels]
     prompts = [tiny_model.chat_prompt([{"role": "user", "content": t}]) for t in TEXTS]
-    scores, _ = score_candidates(tiny_model, prompts, TokenTrie.build(sequences))
+    scores = tiny_model.score(prompts, [Continuation(s) for s in labels])
     for i, prompt in enumerate(prompts):
-        ids = tok(prompt, add_special_tokens=False).input_ids
+        ids = tiny_model.encode_prompt(prompt)
         for j, seq in enumerate(sequences):
             with torch.no_grad():
                 logits = tiny_model.hf_model(torch.tensor([ids + seq])).logits[0].float()
             expected = sum(torch.log_softmax(logits[len(ids) - 1 + k], -1)[t] for k, t in enumerate(seq))
-            assert scores[i, j].item() == pytest.approx(expected.item(), abs=1e-4)
+            assert scores[i][j] == pytest.approx(expected.item(), abs=1e-4)
 
 
 def test_multi_label_gives_independent_probabilities_and_threshold(tiny_model):

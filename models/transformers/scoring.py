@@ -14,13 +14,15 @@ That prefix runs once and its key/value cache is reused by every prompt, as a vi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from castline.models.local import LocalModel
+from castline.models.transformers.engine import TransformersEngine
 from castline.schemas.errors import InvalidInputError
 
 # Rows per forward pass: keeps the (rows x positions x vocabulary) logits small on a CPU.
@@ -63,42 +65,28 @@ class TokenTrie:
         return len(self.tokens)
 
 
-def score_candidates(
-    model: LocalModel,
-    prompts: Sequence[str],
-    trie: TokenTrie,
-    next_tokens: Sequence[int] = (),
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Summed log-probabilities of every candidate after every prompt.
-
-    Returns ``(scores, after)``: ``scores[i, j]`` is log P(candidate j | prompt i); when
-    ``next_tokens`` is given, ``after[i, j, k]`` is log P(next_tokens[k] | prompt i, candidate j),
-    normalised over the whole vocabulary.
-    """
-    ids = [model.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+def score_candidates(engine: TransformersEngine, ids: Sequence[list[int]], trie: TokenTrie) -> torch.Tensor:
+    """``scores[i, j]``: summed log P(candidate j | prompt i), prompts given as token ids."""
     longest = max(len(x) for x in ids) + max(trie.depths) + 2
-    if longest > model.max_context:
+    if longest > engine.max_context:
         raise InvalidInputError(
             f"a prompt plus its longest candidate needs {longest} tokens, over the model's context "
-            f"of {model.max_context}; shorten the input"
+            f"of {engine.max_context}; shorten the input"
         )
     prefix_len = _common_prefix_length(ids)
-    with model._lock, torch.inference_mode():
-        prefix_cache = _prefix_cache(model, ids[0][:prefix_len])
+    with engine._lock, torch.inference_mode():
+        prefix_cache = _prefix_cache(engine, ids[0][:prefix_len])
         results = [
             _score_rows(
-                model,
+                engine,
                 [x[prefix_len:] for x in ids[start : start + SCORING_ROWS]],
                 prefix_cache,
                 prefix_len,
                 trie,
-                next_tokens,
             )
             for start in range(0, len(ids), SCORING_ROWS)
         ]
-    scores = torch.cat([r[0] for r in results])
-    after = torch.cat([r[1] for r in results]) if next_tokens else None
-    return scores, after
+    return torch.cat(results)
 
 
 def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
@@ -110,7 +98,7 @@ def _common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _prefix_cache(model: LocalModel, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _prefix_cache(model: TransformersEngine, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Key/value tensors of ``prefix``, kept on the model for the next call with the same prefix.
 
     The key includes the active adapter: the same tokens have other keys and values under it.
@@ -123,22 +111,29 @@ def _prefix_cache(model: LocalModel, prefix: list[int]) -> list[tuple[torch.Tens
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     else:
         cache = DynamicCache()
-        model.hf_model.model(
-            input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True
+        model.hf_model.get_decoder()(
+            input_ids=torch.tensor([prefix], device=model.device),
+            use_cache=True,
+            **_cache_argument(model, cache),
         )
         layers = [(layer.keys, layer.values) for layer in cache.layers]
     model._scoring_prefix = (key, layers)
     return layers
 
 
+def _cache_argument(model: TransformersEngine, cache: DynamicCache | None) -> dict[str, Any]:
+    """The KV cache keyword of this transformers version (``cache``; ``past_key_values`` before)."""
+    parameters = inspect.signature(model.hf_model.get_decoder().forward).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}
+
+
 def _score_rows(
-    model: LocalModel,
+    model: TransformersEngine,
     suffixes: list[list[int]],
     prefix_cache: list[tuple[torch.Tensor, torch.Tensor]],
     prefix_len: int,
     trie: TokenTrie,
-    next_tokens: Sequence[int],
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     rows, n_nodes = len(suffixes), len(trie)
     q_len = max(len(s) for s in suffixes) + n_nodes
     device, dtype = model.device, model.dtype
@@ -177,30 +172,24 @@ def _score_rows(
     cache = DynamicCache()
     for layer, (keys, values) in enumerate(prefix_cache):
         cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
-    hidden = model.hf_model.model(
+    hidden = model.hf_model.get_decoder()(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=cache if prefix_cache else None,
         use_cache=bool(prefix_cache),
+        **_cache_argument(model, cache if prefix_cache else None),
     ).last_hidden_state
 
     # The distribution before node n sits at its parent's position (the prompt's last for roots).
     parents = torch.tensor(trie.parents)
     before = torch.where(parents >= 0, node_pos[:, parents.clamp(min=0)], last_pos[:, None])
     needed = torch.unique(before)  # positions whose next-token distribution is used
-    if next_tokens:
-        leaves = torch.tensor([path[-1] for path in trie.paths])
-        needed = torch.unique(torch.cat([needed, node_pos[:, leaves].flatten()]))
     lookup = torch.full((q_len,), -1, dtype=torch.long)
     lookup[needed] = torch.arange(len(needed))
-    logprobs = torch.log_softmax(model.hf_model.lm_head(hidden[:, needed.to(device)]).float(), dim=-1).cpu()
+    logprobs = torch.log_softmax(
+        model.hf_model.get_output_embeddings()(hidden[:, needed.to(device)]).float(), dim=-1
+    ).cpu()
 
     row_index = torch.arange(rows)[:, None]
     node_logprob = logprobs[row_index, lookup[before], trie_tokens[None, :]]  # (rows, nodes)
-    scores = torch.stack([node_logprob[:, list(path)].sum(dim=1) for path in trie.paths], dim=1)
-    after = torch.empty(0)
-    if next_tokens:
-        at_leaf = logprobs[row_index, lookup[node_pos[:, leaves]]]  # (rows, candidates, vocab)
-        after = at_leaf[:, :, list(next_tokens)]
-    return scores, after
+    return torch.stack([node_logprob[:, list(path)].sum(dim=1) for path in trie.paths], dim=1)

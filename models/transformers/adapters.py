@@ -1,7 +1,7 @@
 """LoRA adapters: train from (prompt, target) pairs, save, load, and switch on one loaded model.
 
 Adapters are injected into the loaded model in place (``peft.inject_adapter_in_model``), so the
-same ``LocalModel`` keeps serving every chain: a chain names its adapter and each call activates
+same ``TransformersEngine`` keeps serving every chain: a chain names its adapter and each call activates
 it under the model's lock (a few milliseconds), or disables all adapters for chains without one.
 
 Training is answer-only: the loss covers the target tokens and the end-of-turn token, never the
@@ -16,6 +16,7 @@ training settings and the evaluation figures. Nothing is pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -31,7 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from castline.models.local import LocalModel
+from castline.models.protocol import AdapterInfo, Prompt
+from castline.models.transformers.engine import TransformersEngine
 from castline.schemas.errors import ModelLoadError, UserError
 
 METADATA_FILE = "castline.json"
@@ -88,7 +90,10 @@ class TrainingReport:
 
 
 def train_adapter(
-    model: LocalModel, name: str, pairs: Sequence[tuple[str, str]], settings: LoraSettings | None = None
+    model: TransformersEngine,
+    name: str,
+    pairs: Sequence[tuple[Prompt, str]],
+    settings: LoraSettings | None = None,
 ) -> TrainingReport:
     """Train a new LoRA adapter ``name`` on ``(prompt, target)`` pairs and leave it active."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -123,7 +128,8 @@ def train_adapter(
             "ignore", message="Already found a `peft_config`"
         )  # several adapters: by design
         inject_adapter_in_model(config, model.hf_model, adapter_name=name)
-        model.adapters[name] = config
+        model._peft_configs[name] = config
+        model.adapters[name] = AdapterInfo(name, None, "trained-in-process", {})
         model.activate(name)
         params = [p for n, p in model.hf_model.named_parameters() if f".{name}." in n and "lora_" in n]
         for p in model.hf_model.parameters():
@@ -139,12 +145,11 @@ def train_adapter(
 
 
 def _encode(
-    model: LocalModel, prompt: str, target: str, max_length: int, index: int
+    model: TransformersEngine, prompt: Prompt, target: str, max_length: int, index: int
 ) -> tuple[list[int], int]:
     """Token ids of prompt + target + EOS, and where the target starts."""
-    tok = model.tokenizer
-    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
-    target_ids = [*tok(target, add_special_tokens=False).input_ids, tok.eos_token_id]
+    prompt_ids = model.encode_prompt(prompt)
+    target_ids = [*model.encode_text(target), model.eos_id]
     if len(prompt_ids) + len(target_ids) > max_length:
         raise UserError(
             f"training example {index} has {len(prompt_ids) + len(target_ids)} tokens, over "
@@ -167,7 +172,7 @@ def _batches(rows: list[tuple[list[int], int]], size: int, pad: int, device: tor
         yield input_ids.to(device), mask.to(device), labels.to(device)
 
 
-def _autocast(model: LocalModel) -> Any:
+def _autocast(model: TransformersEngine) -> Any:
     """bf16 autocast where the device computes bf16 natively; LoRA weights stay fp32 masters."""
     from castline.models.loading import cpu_has_native_bf16
 
@@ -177,7 +182,7 @@ def _autocast(model: LocalModel) -> Any:
 
 
 def _loss(
-    model: LocalModel, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    model: TransformersEngine, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     with _autocast(model):
         logits = model.hf_model(input_ids=input_ids, attention_mask=mask).logits.float()
@@ -223,7 +228,7 @@ def _train_loop(model, params, train_rows, eval_rows, settings: LoraSettings) ->
     return report
 
 
-def _eval_loss(model: LocalModel, rows, batch_size: int, pad: int) -> float:
+def _eval_loss(model: TransformersEngine, rows, batch_size: int, pad: int) -> float:
     model.hf_model.eval()
     with torch.no_grad():
         losses = [_loss(model, *b).item() for b in _batches(rows, batch_size, pad, model.device)]
@@ -231,15 +236,14 @@ def _eval_loss(model: LocalModel, rows, batch_size: int, pad: int) -> float:
     return sum(losses) / len(losses)
 
 
-def save_adapter(model: LocalModel, name: str, directory: str | Path, metadata: dict[str, Any]) -> Path:
+def save_adapter(model: TransformersEngine, name: str, directory: Path, metadata: dict[str, Any]) -> Path:
     """Write adapter ``name`` in PEFT's format plus ``castline.json`` metadata."""
     from peft import get_peft_model_state_dict
 
     if name not in model.adapters:
         raise UserError(f"no adapter named {name!r} on this model; loaded: {sorted(model.adapters)}")
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.adapters[name].save_pretrained(directory)
+    model._peft_configs[name].save_pretrained(directory)
     state = get_peft_model_state_dict(model.hf_model, adapter_name=name)
     save_file(
         {_PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
@@ -249,43 +253,112 @@ def save_adapter(model: LocalModel, name: str, directory: str | Path, metadata: 
     return directory
 
 
-def load_adapter(model: LocalModel, directory: str | Path, name: str) -> dict[str, Any]:
-    """Load an adapter directory into ``model`` as ``name``; returns its castline metadata."""
+def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor], str]:
+    """Config, castline metadata, weights and content hash of an adapter directory, all checked.
+
+    Everything that can be wrong with the files is found here, before anything is injected.
+    """
+    from safetensors import SafetensorError
+
+    weights, meta_file, config_file = (
+        directory / "adapter_model.safetensors",
+        directory / METADATA_FILE,
+        directory / "adapter_config.json",
+    )
+    if not (weights.is_file() and meta_file.is_file() and config_file.is_file()):
+        raise ModelLoadError(
+            f"{directory} is not a castline adapter (needs adapter_config.json, "
+            f"adapter_model.safetensors and {METADATA_FILE})"
+        )
+    try:
+        metadata = json.loads(meta_file.read_text())
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{directory}: adapter metadata is not readable JSON ({exc})") from exc
+    if not isinstance(metadata, dict) or not isinstance(config, dict):
+        raise ModelLoadError(f"{directory}: adapter metadata must be JSON objects")
+    raw = weights.read_bytes()
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{directory}: adapter weights are damaged ({exc})") from exc
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ModelLoadError(f"{directory}: adapter weights hold NaN or infinite values (first: {bad[0]})")
+    content_hash = hashlib.sha256(raw + config_file.read_bytes()).hexdigest()[:12]
+    return config, metadata, state, content_hash
+
+
+def load_adapter(model: TransformersEngine, directory: Path, name: str | None) -> AdapterInfo:
+    """Load an adapter directory into ``model``; returns it (its name selects it in requests).
+
+    The default name is the folder name plus a hash of the weights, so two folders with the same
+    name never stand for each other, and loading the same files twice loads them once.
+    """
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     directory = Path(directory)
-    weights = directory / "adapter_model.safetensors"
-    meta_file = directory / METADATA_FILE
-    if not weights.is_file() or not meta_file.is_file():
-        raise ModelLoadError(
-            f"{directory} is not a castline adapter (needs adapter_model.safetensors and {METADATA_FILE})"
-        )
-    metadata = json.loads(meta_file.read_text())
+    _, metadata, state, content_hash = read_adapter(directory)
+    name = name or f"{directory.resolve().name}-{content_hash}"
+    loaded = model.adapters.get(name)
+    if loaded is not None:
+        if loaded.content_hash == content_hash:
+            return loaded
+        raise UserError(f"an adapter named {name!r} with other weights is already loaded; pick another name")
     if metadata.get("base_model") != model.name:
         raise ModelLoadError(
             f"adapter {directory} was trained on {metadata.get('base_model')!r}, not on {model.name!r}; "
             "load it on the same base model"
         )
-    if name in model.adapters:
-        raise UserError(f"an adapter named {name!r} is already loaded; pick another name")
-    config = LoraConfig.from_pretrained(directory)
-    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in load_file(weights).items()}
+    try:
+        config = LoraConfig.from_pretrained(directory)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{directory}: adapter_config.json is not a LoRA config ({exc})") from exc
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
     with model._lock, warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="Already found a `peft_config`"
         )  # several adapters: by design
-        inject_adapter_in_model(config, model.hf_model, adapter_name=name)
-        set_peft_model_state_dict(model.hf_model, state, adapter_name=name)
-        model.adapters[name] = config
+        try:
+            inject_adapter_in_model(config, model.hf_model, adapter_name=name)
+            result = set_peft_model_state_dict(model.hf_model, state, adapter_name=name)
+            missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+            if missing or result.unexpected_keys:
+                first = (missing or result.unexpected_keys)[0]
+                raise ModelLoadError(
+                    f"adapter {directory} does not fit this model: {len(missing)} LoRA weights missing, "
+                    f"{len(result.unexpected_keys)} unexpected (first: {first})"
+                )
+            for key, tensor in model.hf_model.state_dict().items():
+                if f".{name}." in key and tensor.device.type == "meta":
+                    raise ModelLoadError(f"adapter {directory} left {key} unloaded")
+        except Exception as exc:
+            _remove_adapter(model, name)  # nothing half-loaded: the model is as it was
+            if isinstance(exc, ModelLoadError):
+                raise
+            raise ModelLoadError(f"adapter {directory} cannot be loaded on this model: {exc}") from exc
+        model._peft_configs[name] = config
+        info = AdapterInfo(name, directory, content_hash, metadata)
+        model.adapters[name] = info
         model.hf_model.eval()
-    return metadata
+    return info
 
 
-def payload_hash(payload: Any) -> str:
-    """Stable hash of a JSON-able description (label set, schema, template)."""
-    import hashlib
+def _remove_adapter(model: TransformersEngine, name: str) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    for module in model.hf_model.modules():
+        if isinstance(module, BaseTunerLayer) and name in getattr(module, "lora_A", {}):
+            module.delete_adapter(name)
+    if model._active == name:
+        model._active = None
 
 
-__all__ = ["LoraSettings", "TrainingReport", "load_adapter", "payload_hash", "save_adapter", "train_adapter"]
+__all__ = [
+    "LoraSettings",
+    "TrainingReport",
+    "load_adapter",
+    "read_adapter",
+    "save_adapter",
+    "train_adapter",
+]

@@ -1,0 +1,348 @@
+"""Decoding rules over any vocabulary: the regex/JSON grammar and the span rule, without torch.
+
+In-process engines (transformers, llama.cpp) apply the same rules, so the same constraint gives
+the same language on both. A rule is a *cursor* per output: ``mask_into(row)`` marks the tokens
+allowed next in a boolean array over the vocabulary, ``advance(token)`` consumes the chosen one.
+
+What a rule needs of a tokenizer is a ``TokenTable``: the exact bytes of every token (not its
+decoded string: byte-level BPE and SentencePiece byte-fallback tokens hold parts of a UTF-8
+character, which all decode to U+FFFD and would be indistinguishable), the end-of-turn id and the
+control-token ids.
+
+Grammar: an outlines_core ``Index`` compiled from the output type's regex. outlines_core drops
+the ways on from a state where the output could already end unless they reach another end state
+in one token (``1(-2)?`` after "1" allowed only EOS; the alternative "card|card_arrival" only
+"card"). The regex is therefore compiled with a sentinel character after it: the only end states
+are after the sentinel, every optional continuation stays open, and EOS is allowed exactly where
+reading the sentinel would reach an end state.
+
+Spans: ``(LABEL ":" SPAN "\\n")* EOS`` for entity lists, ``SPAN EOS`` for an answer, every SPAN a
+substring of the input with a non-space character and no line break; see ``SpanState``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from outlines_core import Guide, Index, Vocabulary
+
+from castline.models.protocol import SpanConstraint
+from castline.schemas.errors import OutputTypeError
+
+# A private-use character no tokenizer spells; it stands for "the output ends here".
+END_SENTINEL = "\ue000"
+_SENTINEL_LEAD = b"\xee"  # first UTF-8 byte of U+E000-U+EFFF
+_END = -1  # key of the token ids that end at a trie node
+
+
+class TokenTable:
+    """The bytes of every token id (None for control tokens), and the end-of-turn id."""
+
+    def __init__(self, pieces: Sequence[bytes | None], eos_id: int, special_ids: Iterable[int] = ()) -> None:
+        self.pieces = list(pieces)
+        self.eos_id = eos_id
+        self.special_ids = frozenset(special_ids) | {eos_id}
+        self.size = len(self.pieces)
+        self.sentinel_id = self.size  # one past the last real token
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        """outlines_core's vocabulary from token bytes, with the end sentinel as an extra token."""
+        by_bytes: dict[bytes, list[int]] = {}
+        for token_id, piece in enumerate(self.pieces):
+            # Tokens holding the sentinel's lead byte could spell the sentinel as content; leaving
+            # them out costs the private-use characters U+E000-U+EFFF, which no output needs.
+            if piece and token_id not in self.special_ids and _SENTINEL_LEAD not in piece:
+                by_bytes.setdefault(piece, []).append(token_id)
+        by_bytes[END_SENTINEL.encode()] = [self.sentinel_id]
+        return Vocabulary(self.eos_id, by_bytes)
+
+    @cached_property
+    def texts(self) -> dict[int, str]:
+        """Tokens whose bytes are whole UTF-8 text, by id (what span decoding can copy)."""
+        out = {}
+        for token_id, piece in enumerate(self.pieces):
+            if not piece or token_id in self.special_ids:
+                continue
+            try:
+                out[token_id] = piece.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+        return out
+
+    @cached_property
+    def newline_ids(self) -> list[int]:
+        """Tokens that are exactly a line break (they end a "label:span" line)."""
+        return sorted(t for t, text in self.texts.items() if text == "\n")
+
+    @cached_property
+    def trie(self) -> VocabularyTrie:
+        return VocabularyTrie(self.texts)
+
+    def decode(self, token_ids: Iterable[int]) -> str:
+        """Text of ``token_ids`` from their bytes (control tokens left out)."""
+        return b"".join(self.pieces[t] or b"" for t in token_ids if t < self.size).decode("utf-8", "replace")
+
+
+# -- the grammar -----------------------------------------------------------------------------------
+
+
+class CompiledGrammar:
+    """An output type's regex compiled over one vocabulary (the expensive step; cache it)."""
+
+    def __init__(self, regex: str, table: TokenTable) -> None:
+        self.table = table
+        try:
+            self.index = Index(f"(?:{regex}){END_SENTINEL}", table.vocabulary)
+        except ValueError as exc:
+            raise OutputTypeError(f"cannot build a decoding constraint: {exc}") from exc
+
+    def cursor(self) -> GrammarCursor:
+        return GrammarCursor(self)
+
+
+class GrammarCursor:
+    """Where one output is in a compiled grammar."""
+
+    def __init__(self, grammar: CompiledGrammar) -> None:
+        self.table = grammar.table
+        self.index = grammar.index
+        self.guide = Guide(grammar.index)
+        self.done = False
+        self.consumed = 0  # tokens advanced over, EOS included
+        self._words = np.zeros((self.table.size + 1 + 31) // 32, dtype=np.int32)
+
+    def mask_into(self, row: np.ndarray) -> None:
+        """Set ``row[t]`` for every token allowed next (``row`` is zeroed by the caller)."""
+        width = len(row)
+        if self.done:
+            row[self.table.eos_id] = True
+            return
+        self._words[:] = 0
+        self.guide.write_mask_into(self._words.ctypes.data, self._words.size, 4)
+        bits = np.unpackbits(self._words.view(np.uint8), bitorder="little").astype(bool)
+        n = min(width, self.table.size)
+        row[:n] = bits[:n]
+        row[self.table.eos_id] = self.can_end()
+
+    def advance(self, token_id: int) -> None:
+        if self.done:
+            return
+        self.consumed += 1
+        if token_id == self.table.eos_id:
+            self.guide.advance(token_id=self.table.sentinel_id, return_tokens=False)
+            self.done = True
+        else:
+            self.guide.advance(token_id=token_id, return_tokens=False)
+
+    def can_end(self) -> bool:
+        """Whether the output so far is complete (it may end here).
+
+        The sentinel can also be content (``[^"]`` matches any character): the output is complete
+        exactly when reading the sentinel next lands in a final state.
+        """
+        if self.done:
+            return True
+        after = self.index.get_next_state(self.guide.get_state(), self.table.sentinel_id)
+        return after is not None and self.index.is_final_state(after)
+
+    def spans(self) -> tuple[Any, ...]:
+        return ()
+
+
+# -- spans -----------------------------------------------------------------------------------------
+
+
+class VocabularyTrie:
+    """Character trie over token texts: walking it along ``text[i:]`` finds tokens spelling the text."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.root: dict = {}
+        self.texts = texts
+        for token_id, text in texts.items():
+            node = self.root
+            for ch in text:
+                node = node.setdefault(ch, {})
+            node.setdefault(_END, []).append(token_id)
+
+    def tokens_spelling(self, text: str, start: int, stop: int | None = None) -> list[tuple[int, int]]:
+        """``(token_id, length)`` of every token equal to ``text[start:start+length]`` (within stop)."""
+        stop = len(text) if stop is None else stop
+        node, found, i = self.root, [], start
+        while i < stop:
+            node = node.get(text[i])
+            if node is None:
+                break
+            i += 1
+            found.extend((t, i - start) for t in node.get(_END, ()))
+        return found
+
+
+@dataclass
+class SpanState:
+    """Where one output is in the span grammar.
+
+    Entity lists are decoded left to right: each span starts at or after the end of the previous
+    one, which settles repeated mentions (the n-th "Paris" in the output is the n-th suitable one
+    in the text), guarantees progress, and means spans do not overlap or nest.
+    """
+
+    text: str
+    labels: tuple[str, ...] | None  # None: a single answer span
+    ordered: bool = False  # fields: every label once, in order, spans anywhere in the text
+    optional: frozenset[str] = frozenset()  # ordered fields that may be left empty (None)
+    max_span_tokens: int | None = None  # a span this long must end
+    cursor: int = 0  # spans must start here or later
+    mode: str = "label"  # "label", "span" or "done"
+    typed: str = ""  # label text typed so far
+    label: str = ""
+    starts: list[int] = field(default_factory=list)  # span starts consistent with what is typed
+    length: int = 0  # characters of the span typed so far
+    span_tokens: int = 0  # tokens of the span typed so far
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # finished (start, end, label)
+    steps: int = 0  # tokens consumed so far
+    span_steps: list[tuple[int, int]] = field(default_factory=list)  # token range of each span's line
+    _line_start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            self.open_span("")
+
+    def open_span(self, label: str) -> None:
+        self.mode, self.label, self.length, self.span_tokens = "span", label, 0, 0
+        self.starts = list(range(0 if self.ordered else self.cursor, len(self.text)))
+
+    def next_labels(self) -> tuple[str, ...]:
+        """Labels that may start the next line."""
+        if not self.ordered:
+            return self.labels or ()
+        assert self.labels is not None
+        return self.labels[len(self.spans) : len(self.spans) + 1]
+
+    def may_end(self) -> bool:
+        return not self.ordered or len(self.spans) == len(self.labels or ())
+
+    def span_text(self) -> str:
+        """The span typed so far (all consistent starts spell the same text)."""
+        return self.text[self.starts[0] : self.starts[0] + self.length] if self.starts else ""
+
+    def close_span(self) -> None:
+        """Record the typed span at its earliest possible start, without surrounding spaces.
+
+        A span with no non-space character (the decoder had to stop inside leading spaces) is
+        dropped, never recorded as an empty or reversed range.
+        """
+        if not self.length and self.label in self.optional:
+            self.spans.append((-1, -1, self.label))  # an optional field left empty
+            self.span_steps.append((self._line_start, self.steps))
+            self.mode = "label"
+            return
+        if not self.starts or not self.span_text().strip():
+            self.starts, self.length = [], 0
+            return
+        start = min(self.starts)
+        end = start + self.length
+        raw = self.text[start:end]
+        # Leading spaces come with tokens like " Paris"; the entity is the text without them.
+        start += len(raw) - len(raw.lstrip())
+        end -= len(raw) - len(raw.rstrip())
+        self.spans.append((start, end, self.label))
+        self.span_steps.append((self._line_start, self.steps))
+        self.cursor = end
+        self.starts, self.length = [], 0
+
+
+class SpanCursor:
+    """Where one output is in the span grammar, over a vocabulary's ``TokenTable``."""
+
+    def __init__(self, rule: SpanConstraint, table: TokenTable) -> None:
+        self.table = table
+        self.trie = table.trie
+        self.newline_ids = set(table.newline_ids)
+        self.state = SpanState(rule.text, rule.labels, rule.ordered, rule.optional, rule.max_span_tokens)
+        self._at: dict[int, list[tuple[int, int]]] = {}  # position -> tokens spelling the text from there
+        self.consumed = 0  # tokens advanced over, EOS included
+
+    def _tokens_at(self, position: int) -> list[tuple[int, int]]:
+        if position not in self._at:
+            text = self.state.text
+            stop = text.find("\n", position)
+            self._at[position] = self.trie.tokens_spelling(text, position, None if stop < 0 else stop)
+        return self._at[position]
+
+    def allowed(self) -> list[int]:
+        state, eos = self.state, self.table.eos_id
+        if state.mode == "done":
+            return [eos]
+        if state.mode == "label":
+            ids = [eos] if state.may_end() else []  # a list may end at the start of any line
+            for name in state.next_labels():
+                target = f"{name}:"
+                if target.startswith(state.typed) and target != state.typed:
+                    ids += [t for t, _ in self.trie.tokens_spelling(target, len(state.typed))]
+            return ids or [eos]
+        ids = []
+        if state.max_span_tokens is None or state.span_tokens < state.max_span_tokens:
+            for start in state.starts:
+                ids += [t for t, _ in self._tokens_at(start + state.length)]
+        empty_ok = state.length == 0 and state.label in state.optional
+        if state.span_text().strip() or empty_ok:  # the span may end here: a line break or the end
+            if state.labels is None:
+                ids.append(eos)
+            else:
+                last = len(state.spans) + 1 == len(state.labels)
+                ids += [eos] if state.may_end() or (state.ordered and last) else []
+                ids += sorted(self.newline_ids) if not (state.ordered and last) else []
+        # Nothing can follow (the span reached text no token spells): end; close_span drops a
+        # span that holds no non-space character.
+        return ids or [eos]
+
+    def mask_into(self, row: np.ndarray) -> None:
+        row[self.allowed()] = True
+
+    def advance(self, token: int) -> None:
+        state = self.state
+        if state.mode == "done":
+            return
+        self.consumed += 1
+        if token == self.table.eos_id:
+            if state.mode == "span":
+                state.close_span()
+            state.mode = "done"
+            return
+        state.steps += 1
+        if state.mode == "label":
+            if not state.typed:
+                state._line_start = state.steps - 1
+            state.typed += self.trie.texts[token]
+            if state.typed in {f"{n}:" for n in state.next_labels()}:
+                state.open_span(state.typed[:-1])
+        elif token in self.newline_ids and (state.length or state.label in state.optional):
+            state.close_span()
+            state.mode, state.typed = "label", ""
+        else:
+            piece = self.trie.texts[token]
+            state.starts = [s for s in state.starts if state.text.startswith(piece, s + state.length)]
+            state.length += len(piece)
+            state.span_tokens += 1
+
+    @property
+    def done(self) -> bool:
+        return self.state.mode == "done"
+
+    def can_end(self) -> bool:
+        return self.done
+
+    def spans(self) -> tuple[tuple[int, int, str, int, int], ...]:
+        """Finished spans as ``(start, end, label, first_token, last_token)``."""
+        return tuple(
+            (s, e, label, first, last)
+            for (s, e, label), (first, last) in zip(self.state.spans, self.state.span_steps, strict=True)
+        )
+
+
+Cursor = GrammarCursor | SpanCursor
