@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from castline.chains import StructuredChain
-from castline.models import LocalModel, load_model
+from castline.models import GenerationRequest, Prompt, TransformersEngine, load_model
 from castline.models.loading import CACHE_ENV
 from castline.schemas import output_spec
 
@@ -55,12 +55,13 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def unconstrained(model: LocalModel, prompt: str, n_tokens: int) -> None:
+def unconstrained(model: TransformersEngine, prompt: Prompt, n_tokens: int) -> None:
     """Exactly ``n_tokens`` of free greedy decoding (EOS suppressed until then)."""
-    inputs = model.encode([prompt])
+    input_ids = torch.tensor([model.encode_prompt(prompt)])
     with torch.inference_mode():
         model.hf_model.generate(
-            **inputs,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
             max_new_tokens=n_tokens,
             min_new_tokens=n_tokens,
             do_sample=False,
@@ -77,17 +78,17 @@ def load_times() -> dict[str, float]:
     return {"cold_gguf_s": cold, "cached_s": cached}
 
 
-def per_token(model: LocalModel, prompt: str) -> dict[str, float]:
+def per_token(model: TransformersEngine, prompt: Prompt) -> dict[str, float]:
     spec = output_spec(Contact)
-    model.index_for(spec.regex)
-    model.generate([prompt], spec)  # warm
-    t_constrained, gens = timed(lambda: model.generate([prompt], spec), repeat=3)
+    request = GenerationRequest(prompt, spec, max_new_tokens=spec.default_max_new_tokens)
+    model.generate([request])  # warm
+    t_constrained, gens = timed(lambda: model.generate([request]), repeat=3)
     n = len(gens[0].token_ids) + 1  # + EOS
     t_free, _ = timed(lambda: unconstrained(model, prompt, n), repeat=3)
     return {"tokens": n, "constrained_ms": 1e3 * t_constrained / n, "unconstrained_ms": 1e3 * t_free / n}
 
 
-def castline_vs_outlines(model: LocalModel) -> dict[str, float]:
+def castline_vs_outlines(model: TransformersEngine) -> dict[str, float]:
     import outlines
     from outlines.inputs import Chat
 
@@ -112,7 +113,7 @@ def castline_vs_outlines(model: LocalModel) -> dict[str, float]:
     }
 
 
-def batch_vs_loop(model: LocalModel) -> dict[str, float]:
+def batch_vs_loop(model: TransformersEngine) -> dict[str, float]:
     chain = StructuredChain(Contact, model=model)
     chain.invoke(TEXTS[0])
     t_loop, looped = timed(lambda: [chain.invoke(t) for t in TEXTS])
@@ -120,7 +121,7 @@ def batch_vs_loop(model: LocalModel) -> dict[str, float]:
     return {"loop_s": t_loop, "batch_s": t_batch, "equal": looped == batched}
 
 
-def scoring_seconds(model: LocalModel) -> float:
+def scoring_seconds(model: TransformersEngine) -> float:
     """Label scoring (the classification path) of 8 texts over 20 labels."""
     from castline.chains.classify import Classify
 
@@ -133,13 +134,14 @@ def scoring_seconds(model: LocalModel) -> float:
 FIRST_CALL = r"""
 import json, time, torch
 from castline.chains import StructuredChain
-from castline.models import load_model
+from castline.models import GenerationRequest, load_model
 from benchmarks.core import Contact, TEXTS, unconstrained
 model = load_model()
 unconstrained(model, model.chat_prompt([{"role": "user", "content": "hi"}]), 2)  # torch warm-up
 started = time.perf_counter()
 chain = StructuredChain(Contact, model=model)
-out = chain.model.generate([chain.prompt_for({"text": TEXTS[0]})], chain.spec)[0]
+request = GenerationRequest(chain.prompt_for({"text": TEXTS[0]}), chain.spec, max_new_tokens=256)
+out = model.generate([request])[0]
 first = time.perf_counter() - started
 started = time.perf_counter()
 unconstrained(model, chain.prompt_for({"text": TEXTS[0]}), len(out.token_ids) + 1)

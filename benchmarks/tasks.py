@@ -37,7 +37,7 @@ from castline.evaluation.readers import (
     read_squad,
     select,
 )
-from castline.models import LocalModel, load_model
+from castline.models import TransformersEngine, load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WNUT_TYPES = {
@@ -57,7 +57,7 @@ class Receipt(BaseModel):
     total: str = Field(description="total amount paid, digits as printed")
 
 
-def outlines_generator(model: LocalModel, output_type: object):
+def outlines_generator(model: TransformersEngine, output_type: object):
     import outlines
 
     return outlines.Generator(outlines.from_transformers(model.hf_model, model.tokenizer), output_type)
@@ -67,7 +67,7 @@ def baseline_report(task: str, n: int, metrics: dict[str, float], errors: int, s
     return Report(task=task, n=n, metrics=metrics, errors=errors, seconds=seconds)
 
 
-def plain_outlines_classify(model: LocalModel, data: list[LabeledText], labels: list[str]) -> Report:
+def plain_outlines_classify(model: TransformersEngine, data: list[LabeledText], labels: list[str]) -> Report:
     generate = outlines_generator(model, Literal[tuple(labels)])
     started, predicted, errors = time.perf_counter(), [], 0
 
@@ -89,7 +89,7 @@ def plain_outlines_classify(model: LocalModel, data: list[LabeledText], labels: 
     )
 
 
-def plain_outlines_ner(model: LocalModel, data: list) -> Report:
+def plain_outlines_ner(model: TransformersEngine, data: list) -> Report:
     class Mention(BaseModel):
         text: str
         label: Literal[tuple(WNUT_TYPES)]  # type: ignore[valid-type]
@@ -130,7 +130,7 @@ def plain_outlines_ner(model: LocalModel, data: list) -> Report:
     )
 
 
-def plain_outlines_qa(model: LocalModel, data: list) -> Report:
+def plain_outlines_qa(model: TransformersEngine, data: list) -> Report:
     class Reply(BaseModel):
         answer: str
 
@@ -163,7 +163,7 @@ def plain_outlines_qa(model: LocalModel, data: list) -> Report:
     )
 
 
-def plain_outlines_extract(model: LocalModel, data: list[ExtractionExample]) -> Report:
+def plain_outlines_extract(model: TransformersEngine, data: list[ExtractionExample]) -> Report:
     generate = outlines_generator(model, Receipt)
     started, errors = time.perf_counter(), 0
 
@@ -191,13 +191,13 @@ def plain_outlines_extract(model: LocalModel, data: list[ExtractionExample]) -> 
     )
 
 
-def naive_label_scoring_seconds(model: LocalModel, chain: Classify, texts: list[str]) -> float:
+def naive_label_scoring_seconds(model: TransformersEngine, chain: Classify, texts: list[str]) -> float:
     """Every prompt+label sequence through the model with full logits, one at a time."""
     eos = model.tokenizer.eos_token_id
     started = time.perf_counter()
     with torch.inference_mode():
         for text in texts:
-            prompt = model.tokenizer(chain.prompt_for(text), add_special_tokens=False).input_ids
+            prompt = model.encode_prompt(chain.prompt_for(text))
             for name in chain.labels.names:
                 label = [*model.tokenizer(name, add_special_tokens=False).input_ids, eos]
                 logits = model.hf_model(torch.tensor([prompt + label])).logits

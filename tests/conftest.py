@@ -46,3 +46,12 @@ def tiny_model(tokenizer) -> TransformersEngine:
 @pytest.fixture(scope="session")
 def real_model() -> TransformersEngine:
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_model():
+    """The embedded GGUF in llama.cpp, as shipped (the README's set-up installs llama-cpp-python)."""
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed: pip install 'castline[llamacpp]'"
+    )
+    return load_model(engine="llamacpp")

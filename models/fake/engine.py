@@ -81,7 +81,7 @@ class FakeEngine(Engine):
         self.requests: list[GenerationRequest] = []  # every generation request, in order
         self.scored: list[tuple[list[Prompt], list[Continuation], str | None]] = []  # every score call
         self._next_output = 0
-        self.table = TokenTable([*(bytes([b]) for b in range(256)), None], EOS)
+        self.token_table = TokenTable([*(bytes([b]) for b in range(256)), None], EOS)
         self._grammars: dict[str, CompiledGrammar] = {}
 
     def __repr__(self) -> str:
@@ -107,7 +107,7 @@ class FakeEngine(Engine):
 
     def _grammar(self, regex: str) -> CompiledGrammar:
         if regex not in self._grammars:
-            self._grammars[regex] = CompiledGrammar(regex, self.table)
+            self._grammars[regex] = CompiledGrammar(regex, self.token_table)
         return self._grammars[regex]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | CastlineError]:
