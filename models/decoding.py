@@ -22,6 +22,7 @@ substring of the input with a non-space character and no line break; see ``SpanS
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,7 @@ from outlines_core import Guide, Index, Vocabulary
 
 from castline.models.protocol import SpanConstraint
 from castline.schemas.errors import OutputTypeError
+from castline.schemas.output_types import OutputSpec
 
 # A private-use character no tokenizer spells; it stands for "the output ends here".
 END_SENTINEL = "\ue000"
@@ -48,6 +50,30 @@ class TokenTable:
         self.special_ids = frozenset(special_ids) | {eos_id}
         self.size = len(self.pieces)
         self.sentinel_id = self.size  # one past the last real token
+        self._grammars: dict[str, CompiledGrammar] = {}  # compiled once per regex, for every engine
+        self._lock = threading.Lock()
+
+    def grammar(self, regex: str) -> CompiledGrammar:
+        """The grammar of ``regex`` over this vocabulary, compiled once and cached."""
+        with self._lock:
+            if regex not in self._grammars:
+                self._grammars[regex] = CompiledGrammar(regex, self)
+            return self._grammars[regex]
+
+    def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
+        """Build what ``constraint`` needs ahead of the first call (an unsupported one fails here)."""
+        if isinstance(constraint, OutputSpec):
+            self.grammar(constraint.regex)
+        elif isinstance(constraint, SpanConstraint):
+            self.trie  # noqa: B018 -- built once, on first use it costs ~1 s
+
+    def cursor(self, constraint: OutputSpec | SpanConstraint | None) -> Cursor | None:
+        """A fresh cursor for one output under ``constraint`` (None: unconstrained)."""
+        if isinstance(constraint, OutputSpec):
+            return self.grammar(constraint.regex).cursor()
+        if isinstance(constraint, SpanConstraint):
+            return SpanCursor(constraint, self)
+        return None
 
     @cached_property
     def vocabulary(self) -> Vocabulary:

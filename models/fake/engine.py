@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from castline.models.decoding import CompiledGrammar, GrammarCursor, TokenTable
+from castline.models.decoding import GrammarCursor, TokenTable
 from castline.models.protocol import (
     AdapterInfo,
     Capability,
@@ -82,7 +82,6 @@ class FakeEngine(Engine):
         self.scored: list[tuple[list[Prompt], list[Continuation], str | None]] = []  # every score call
         self._next_output = 0
         self.token_table = TokenTable([*(bytes([b]) for b in range(256)), None], EOS)
-        self._grammars: dict[str, CompiledGrammar] = {}
 
     def __repr__(self) -> str:
         return f"FakeEngine({self.name!r}, {len(self.requests)} requests)"
@@ -102,13 +101,7 @@ class FakeEngine(Engine):
     # -- generation ----------------------------------------------------------------------------
 
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
-        if isinstance(constraint, OutputSpec):
-            self._grammar(constraint.regex)
-
-    def _grammar(self, regex: str) -> CompiledGrammar:
-        if regex not in self._grammars:
-            self._grammars[regex] = CompiledGrammar(regex, self.token_table)
-        return self._grammars[regex]
+        self.token_table.prepare(constraint)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | CastlineError]:
         results: list[Generation | CastlineError] = []
@@ -150,7 +143,7 @@ class FakeEngine(Engine):
 
     def _grammar_output(self, request: GenerationRequest, scripted: str | None) -> Generation:
         assert isinstance(request.constraint, OutputSpec)
-        grammar = self._grammar(request.constraint.regex)
+        grammar = self.token_table.grammar(request.constraint.regex)
         if scripted is not None:
             cursor = grammar.cursor()
             row = np.zeros(EOS + 1, dtype=bool)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from castline.models.decoding import CompiledGrammar, Cursor, SpanCursor, TokenTable
+from castline.models.decoding import Cursor, TokenTable
 from castline.models.loading import resolve_source
 from castline.models.protocol import (
     Capability,
@@ -70,7 +70,6 @@ class LlamaCppEngine(Engine):
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.eos_id = int(llm.token_eos())
         self._lock = threading.RLock()
-        self._grammars: dict[str, CompiledGrammar] = {}
         self.token_table = self._read_token_table()
         self._chat_template = _compile_chat_template(llm.metadata.get("tokenizer.chat_template"))
         self._bos_text = self._piece(int(llm.token_bos()), special=True).decode("utf-8", "replace")
@@ -155,23 +154,7 @@ class LlamaCppEngine(Engine):
     # -- constraints ---------------------------------------------------------------------------
 
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
-        if isinstance(constraint, OutputSpec):
-            self._grammar(constraint.regex)
-        elif isinstance(constraint, SpanConstraint):
-            self.token_table.trie  # noqa: B018 -- built once
-
-    def _grammar(self, regex: str) -> CompiledGrammar:
-        with self._lock:
-            if regex not in self._grammars:
-                self._grammars[regex] = CompiledGrammar(regex, self.token_table)
-            return self._grammars[regex]
-
-    def _cursor(self, constraint: OutputSpec | SpanConstraint | None) -> Cursor | None:
-        if isinstance(constraint, OutputSpec):
-            return self._grammar(constraint.regex).cursor()
-        if isinstance(constraint, SpanConstraint):
-            return SpanCursor(constraint, self.token_table)
-        return None
+        self.token_table.prepare(constraint)
 
     # -- the context ---------------------------------------------------------------------------
 
@@ -208,7 +191,7 @@ class LlamaCppEngine(Engine):
                 )
                 continue
             try:
-                cursor = self._cursor(request.constraint)
+                cursor = self.token_table.cursor(request.constraint)
             except OutputTypeError as exc:
                 results.append(exc)
                 continue
@@ -255,8 +238,7 @@ class LlamaCppEngine(Engine):
     ) -> list[list[float]]:
         self.check_adapter(adapter)
         sequences = [
-            [*self.encode_text(c.text), *([self.eos_id] if c.end_of_turn else [])]
-            for c in continuations
+            [*self.encode_text(c.text), *([self.eos_id] if c.end_of_turn else [])] for c in continuations
         ]
         trie: dict[int, Any] = {}
         for sequence in sequences:

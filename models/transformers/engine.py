@@ -34,7 +34,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from castline.models.decoding import CompiledGrammar, Cursor, SpanCursor, TokenTable
+from castline.models.decoding import Cursor, TokenTable
 from castline.models.loading import pick_dtype, resolve_source, weights_dir
 from castline.models.protocol import (
     AdapterInfo,
@@ -80,7 +80,6 @@ class TransformersEngine(Engine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.eos_token_id is None:
             raise ModelLoadError(f"the tokenizer of {name} has no end-of-turn token; castline needs one")
-        self._grammars: dict[str, CompiledGrammar] = {}
         self._lock = threading.RLock()
         self._peft_configs: dict[str, Any] = {}
         self._active: str | None = None
@@ -163,26 +162,8 @@ class TransformersEngine(Engine):
             table = self._table = token_table(self.tokenizer)
         return table
 
-    def grammar_for(self, regex: str) -> CompiledGrammar:
-        """The compiled grammar of ``regex``, built once and cached."""
-        with self._lock:
-            grammar = self._grammars.get(regex)
-            if grammar is None:
-                grammar = self._grammars[regex] = CompiledGrammar(regex, self.token_table)
-            return grammar
-
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
-        if isinstance(constraint, OutputSpec):
-            self.grammar_for(constraint.regex)
-        elif isinstance(constraint, SpanConstraint):
-            self.token_table.trie  # noqa: B018 -- built once, on first use it costs ~1 s
-
-    def _cursor(self, constraint: OutputSpec | SpanConstraint | None) -> Cursor | None:
-        if isinstance(constraint, OutputSpec):
-            return self.grammar_for(constraint.regex).cursor()
-        if isinstance(constraint, SpanConstraint):
-            return SpanCursor(constraint, self.token_table)
-        return None
+        self.token_table.prepare(constraint)
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -272,7 +253,7 @@ class TransformersEngine(Engine):
             if not runnable:
                 continue
             try:
-                cursors = [self._cursor(requests[i].constraint) for i, _ in runnable]
+                cursors = [self.token_table.cursor(requests[i].constraint) for i, _ in runnable]
             except OutputTypeError as exc:
                 for i, _ in runnable:
                     results[i] = exc
