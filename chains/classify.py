@@ -93,6 +93,8 @@ class _LabelChain(Chain[Any]):
         }
         self.template.check_variables(set(self.partials) | {"text"}, "a classification chain")
         self.continuations = self._continuations()
+        # Context a prompt must leave free: the longest continuation and its end-of-turn token.
+        self._room = max(self.model.count_tokens(c.text) for c in self.continuations) + 2
         self._prior: list[float] | None = None
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
@@ -124,8 +126,7 @@ class _LabelChain(Chain[Any]):
 
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         prompts = [self.prompt_for(x["text"]) for x in inputs]
-        room = max(self.model.count_tokens(c.text) for c in self.continuations) + 2
-        fits = [self.model.prompt_length(p) + room <= self.model.max_context for p in prompts]
+        fits = [self.model.prompt_length(p) + self._room <= self.model.max_context for p in prompts]
         fitting = [p for p, ok in zip(prompts, fits, strict=True) if ok]
         rows = iter(self._log_scores(fitting) if fitting else [])
         message = (

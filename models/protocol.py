@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from castline.prompts.templates import Message
-from castline.schemas.errors import CastlineError, EngineCapabilityError, RealModelBlockedError
+from castline.schemas.errors import (
+    CastlineError,
+    EngineCapabilityError,
+    InvalidInputError,
+    RealModelBlockedError,
+)
 from castline.schemas.output_types import OutputSpec
 from castline.schemas.settings import GenerationSettings
 
@@ -96,6 +101,19 @@ def format_with_literals(text: str, messages: Sequence[Message]) -> Prompt:
                 at = found + len(candidate)
                 break
     return Prompt(text, tuple(ranges))
+
+
+def plain_chat_text(messages: Sequence[Message]) -> str:
+    """Messages as plain turns for a model without a chat template, the assistant's turn open."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def prompt_too_long(prompt_tokens: int, budget: int, context: int) -> InvalidInputError:
+    """The per-item error for a prompt that leaves no room for its output."""
+    return InvalidInputError(
+        f"the prompt has {prompt_tokens} tokens and the output may need {budget} more, over the "
+        f"model's context of {context}; shorten the input or lower max_new_tokens"
+    )
 
 
 @dataclass(frozen=True)

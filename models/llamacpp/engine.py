@@ -41,6 +41,8 @@ from castline.models.protocol import (
     SpanMatch,
     check_real_models_allowed,
     format_with_literals,
+    plain_chat_text,
+    prompt_too_long,
 )
 from castline.prompts.templates import Message
 from castline.schemas.errors import CastlineError, InvalidInputError, ModelLoadError, OutputTypeError
@@ -102,7 +104,7 @@ class LlamaCppEngine(Engine):
 
     def chat_prompt(self, messages: Sequence[Message]) -> Prompt:
         if self._chat_template is None:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            text = plain_chat_text(messages)
         else:
             text = self._chat_template.render(
                 messages=list(messages),
@@ -182,13 +184,7 @@ class LlamaCppEngine(Engine):
             self.check_adapter(request.adapter)
             ids = self.encode_prompt(request.prompt)
             if len(ids) + request.max_new_tokens > self.max_context:
-                results.append(
-                    InvalidInputError(
-                        f"the prompt has {len(ids)} tokens and the output may need {request.max_new_tokens} "
-                        f"more, over the context of {self.max_context}; shorten the input or lower "
-                        "max_new_tokens (or load with a larger n_ctx)"
-                    )
-                )
+                results.append(prompt_too_long(len(ids), request.max_new_tokens, self.max_context))
                 continue
             try:
                 cursor = self.token_table.cursor(request.constraint)

@@ -23,7 +23,8 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,7 @@ def train_adapter(
         else list(settings.target_modules),
         task_type="CAUSAL_LM",
     )
-    with model._lock, warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Already found a `peft_config`"
-        )  # several adapters: by design
+    with model._lock, _several_adapters_allowed():
         inject_adapter_in_model(config, model.hf_model, adapter_name=name)
         model._peft_configs[name] = config
         model.adapters[name] = AdapterInfo(name, None, "trained-in-process", {})
@@ -142,6 +140,14 @@ def train_adapter(
             p.requires_grad_(False)
         model.hf_model.eval()
     return report
+
+
+@contextmanager
+def _several_adapters_allowed() -> Iterator[None]:
+    """PEFT warns when a second adapter is injected; several adapters on one model is the design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        yield
 
 
 def _encode(
@@ -315,10 +321,7 @@ def load_adapter(model: TransformersEngine, directory: Path, name: str | None) -
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory}: adapter_config.json is not a LoRA config ({exc})") from exc
     state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
-    with model._lock, warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Already found a `peft_config`"
-        )  # several adapters: by design
+    with model._lock, _several_adapters_allowed():
         try:
             inject_adapter_in_model(config, model.hf_model, adapter_name=name)
             result = set_peft_model_state_dict(model.hf_model, state, adapter_name=name)

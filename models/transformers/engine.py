@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,9 +49,11 @@ from castline.models.protocol import (
     SpanMatch,
     check_real_models_allowed,
     format_with_literals,
+    plain_chat_text,
+    prompt_too_long,
 )
 from castline.prompts.templates import Message
-from castline.schemas.errors import CastlineError, InvalidInputError, ModelLoadError, OutputTypeError
+from castline.schemas.errors import CastlineError, ModelLoadError, OutputTypeError
 from castline.schemas.output_types import OutputSpec
 
 # Model loading is serialised process-wide: concurrent from_pretrained calls have left tied output
@@ -84,6 +87,8 @@ class TransformersEngine(Engine):
         self._peft_configs: dict[str, Any] = {}
         self._active: str | None = None
         self._scoring_prefix: Any = None  # scoring's shared-prefix KV cache, reused across calls
+        # Texts the tokenizer turns into one added (often control) token wherever they appear.
+        self._added_texts = [t.content for t in tokenizer.added_tokens_decoder.values() if t.content]
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -106,8 +111,7 @@ class TransformersEngine(Engine):
 
     def chat_prompt(self, messages: Sequence[Message]) -> Prompt:
         if self.tokenizer.chat_template is None:
-            # Base models without a chat template: plain turns, the assistant's open at the end.
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            text = plain_chat_text(messages)
         else:
             text = str(
                 self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
@@ -134,15 +138,7 @@ class TransformersEngine(Engine):
         return ids
 
     def _spells_added_token(self, text: str) -> bool:
-        return any(token in text for token in self._added_token_texts)
-
-    @property
-    def _added_token_texts(self) -> list[str]:
-        texts = getattr(self, "_added_texts", None)
-        if texts is None:
-            texts = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.content]
-            self._added_texts = texts
-        return texts
+        return any(token in text for token in self._added_texts)
 
     def prompt_length(self, prompt: Prompt) -> int:
         return len(self.encode_prompt(prompt))
@@ -153,14 +149,11 @@ class TransformersEngine(Engine):
 
     # -- constraints ---------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def token_table(self) -> TokenTable:
-        table = getattr(self, "_table", None)
-        if table is None:
-            from castline.models.transformers.vocabulary import token_table
+        from castline.models.transformers.vocabulary import token_table
 
-            table = self._table = token_table(self.tokenizer)
-        return table
+        return token_table(self.tokenizer)
 
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
         self.token_table.prepare(constraint)
@@ -243,11 +236,7 @@ class TransformersEngine(Engine):
             runnable = []
             for i, prompt_ids in zip(members, ids, strict=True):
                 if len(prompt_ids) + budget > self.max_context:
-                    results[i] = InvalidInputError(
-                        f"the prompt has {len(prompt_ids)} tokens and the output may need {budget} more, "
-                        f"over the model's context of {self.max_context}; shorten the input or lower "
-                        "max_new_tokens"
-                    )
+                    results[i] = prompt_too_long(len(prompt_ids), budget, self.max_context)
                 else:
                     runnable.append((i, prompt_ids))
             if not runnable:
@@ -262,7 +251,8 @@ class TransformersEngine(Engine):
                 generations = self._generate_group([x for _, x in runnable], cursors, settings, budget)
             for (i, _), generation in zip(runnable, generations, strict=True):
                 results[i] = generation
-        return [r for r in results if r is not None]
+        assert all(r is not None for r in results)  # every request got a generation or its error
+        return results  # type: ignore[return-value]
 
     def _generate_group(
         self, prompt_ids: list[list[int]], cursors: list[Cursor | None], settings: Any, budget: int
