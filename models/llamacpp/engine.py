@@ -13,8 +13,12 @@ token, the cursor's mask, argmax or a seeded draw -- so log-probs of chosen toke
 node, reading unconstrained log-probs and truncating the KV cache back when it backtracks.
 
 A llama.cpp context is not thread-safe: every call holds the engine's lock, and a batch runs its
-requests in turn. Adapters are not supported by this engine yet (``Capability.ADAPTERS`` is not
-declared), so a chain with an adapter fails when it is built, naming the engine.
+requests in turn.
+
+Adapters: castline's PEFT adapters are converted once to GGUF LoRA files
+(``castline.models.llamacpp.adapters``) and loaded next to the model; each request sets its own
+adapter on the context, and the KV cache is never reused across adapters (the same tokens have
+other keys and values under another adapter). Training and merging stay with transformers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from castline.models.decoding import Cursor, TokenTable
 from castline.models.loading import resolve_source
 from castline.models.protocol import (
+    AdapterInfo,
     Capability,
     Continuation,
     Engine,
@@ -58,7 +63,7 @@ class LlamaCppEngine(Engine):
 
     engine_name: ClassVar[str] = "llamacpp"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE}
+        {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS}
     )
 
     def __init__(self, llm: Any, name: str) -> None:
@@ -72,6 +77,8 @@ class LlamaCppEngine(Engine):
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.eos_id = int(llm.token_eos())
         self._lock = threading.RLock()
+        self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
+        self._active: str | None = None  # the adapter the context (and its KV cache) runs with
         self.token_table = self._read_token_table()
         self._chat_template = _compile_chat_template(llm.metadata.get("tokenizer.chat_template"))
         self._bos_text = self._piece(int(llm.token_bos()), special=True).decode("utf-8", "replace")
@@ -158,6 +165,39 @@ class LlamaCppEngine(Engine):
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
         self.token_table.prepare(constraint)
 
+    # -- adapters ------------------------------------------------------------------------------
+
+    def load_adapter(self, directory: str | os.PathLike[str], name: str | None = None) -> AdapterInfo:
+        from castline.models.adapter_files import already_loaded, read_adapter_files
+        from castline.models.llamacpp.adapters import BaseShape, gguf_lora_path
+
+        files = read_adapter_files(directory)
+        name = name or files.default_name()
+        with self._lock:
+            loaded = already_loaded(files, name, self.adapters, self.name)
+            if loaded is not None:
+                return loaded
+            path = gguf_lora_path(files, BaseShape.from_metadata(self.llm.metadata))
+            pointer = self._lib.llama_adapter_lora_init(self.llm.model, str(path).encode())
+            if not pointer:
+                raise ModelLoadError(f"llama.cpp refused the adapter {files.directory} (converted: {path})")
+            self._loras[name] = pointer
+            info = AdapterInfo(name, files.directory, files.content_hash, files.metadata)
+            self.adapters[name] = info
+            return info
+
+    def _activate(self, adapter: str | None) -> None:
+        """Run the context with ``adapter`` (None: the base model); the KV cache starts over."""
+        if adapter == self._active:
+            return
+        chosen = [self._loras[adapter]] if adapter is not None else []
+        array = (self._lib.llama_adapter_lora_p_ctypes * max(1, len(chosen)))(*chosen)
+        scales = (ctypes.c_float * max(1, len(chosen)))(*([1.0] * len(chosen)))
+        if self._lib.llama_set_adapters_lora(self.llm.ctx, array, len(chosen), scales):
+            raise ModelLoadError(f"llama.cpp could not switch to adapter {adapter!r}")
+        self.llm.n_tokens = 0  # keys and values computed under the previous adapter are stale
+        self._active = adapter
+
     # -- the context ---------------------------------------------------------------------------
 
     def _feed(self, ids: list[int]) -> np.ndarray:
@@ -192,6 +232,7 @@ class LlamaCppEngine(Engine):
                 results.append(exc)
                 continue
             with self._lock:
+                self._activate(request.adapter)
                 results.append(self._decode(ids, cursor, request.settings, request.max_new_tokens))
         return results
 
@@ -244,6 +285,7 @@ class LlamaCppEngine(Engine):
         longest = max(len(s) for s in sequences)
         out = []
         with self._lock:
+            self._activate(adapter)
             for prompt in prompts:
                 ids = self.encode_prompt(prompt)
                 if len(ids) + longest > self.max_context:

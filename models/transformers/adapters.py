@@ -16,7 +16,6 @@ training settings and the evaluation figures. Nothing is pickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -33,12 +32,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from castline.models.adapter_files import (
+    METADATA_FILE,
+    PEFT_PREFIX,
+    already_loaded,
+    check_finite,
+    read_adapter_files,
+)
 from castline.models.protocol import AdapterInfo, Prompt
 from castline.models.transformers.engine import TransformersEngine
 from castline.schemas.errors import ModelLoadError, UserError
-
-METADATA_FILE = "castline.json"
-_PEFT_PREFIX = "base_model.model."  # PeftModel's key prefix, kept so PEFT itself can load ours
 
 
 @dataclass(frozen=True)
@@ -252,47 +255,11 @@ def save_adapter(model: TransformersEngine, name: str, directory: Path, metadata
     model._peft_configs[name].save_pretrained(directory)
     state = get_peft_model_state_dict(model.hf_model, adapter_name=name)
     save_file(
-        {_PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
+        {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
         directory / "adapter_model.safetensors",
     )
     (directory / METADATA_FILE).write_text(json.dumps({**metadata, "base_model": model.name}, indent=2))
     return directory
-
-
-def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor], str]:
-    """Config, castline metadata, weights and content hash of an adapter directory, all checked.
-
-    Everything that can be wrong with the files is found here, before anything is injected.
-    """
-    from safetensors import SafetensorError
-
-    weights, meta_file, config_file = (
-        directory / "adapter_model.safetensors",
-        directory / METADATA_FILE,
-        directory / "adapter_config.json",
-    )
-    if not (weights.is_file() and meta_file.is_file() and config_file.is_file()):
-        raise ModelLoadError(
-            f"{directory} is not a castline adapter (needs adapter_config.json, "
-            f"adapter_model.safetensors and {METADATA_FILE})"
-        )
-    try:
-        metadata = json.loads(meta_file.read_text())
-        config = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{directory}: adapter metadata is not readable JSON ({exc})") from exc
-    if not isinstance(metadata, dict) or not isinstance(config, dict):
-        raise ModelLoadError(f"{directory}: adapter metadata must be JSON objects")
-    raw = weights.read_bytes()
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{directory}: adapter weights are damaged ({exc})") from exc
-    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise ModelLoadError(f"{directory}: adapter weights hold NaN or infinite values (first: {bad[0]})")
-    content_hash = hashlib.sha256(raw + config_file.read_bytes()).hexdigest()[:12]
-    return config, metadata, state, content_hash
 
 
 def load_adapter(model: TransformersEngine, directory: Path, name: str | None) -> AdapterInfo:
@@ -302,25 +269,24 @@ def load_adapter(model: TransformersEngine, directory: Path, name: str | None) -
     name never stand for each other, and loading the same files twice loads them once.
     """
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
 
-    directory = Path(directory)
-    _, metadata, state, content_hash = read_adapter(directory)
-    name = name or f"{directory.resolve().name}-{content_hash}"
-    loaded = model.adapters.get(name)
+    files = read_adapter_files(directory)
+    name = name or files.default_name()
+    loaded = already_loaded(files, name, model.adapters, model.name)
     if loaded is not None:
-        if loaded.content_hash == content_hash:
-            return loaded
-        raise UserError(f"an adapter named {name!r} with other weights is already loaded; pick another name")
-    if metadata.get("base_model") != model.name:
-        raise ModelLoadError(
-            f"adapter {directory} was trained on {metadata.get('base_model')!r}, not on {model.name!r}; "
-            "load it on the same base model"
-        )
+        return loaded
+    try:
+        state = load_file(files.weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{directory}: adapter weights are damaged ({exc})") from exc
+    for key, tensor in state.items():
+        check_finite(files, key, tensor.float().cpu().numpy())
     try:
         config = LoraConfig.from_pretrained(directory)
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory}: adapter_config.json is not a LoRA config ({exc})") from exc
-    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
     with model._lock, _several_adapters_allowed():
         try:
             inject_adapter_in_model(config, model.hf_model, adapter_name=name)
@@ -341,7 +307,7 @@ def load_adapter(model: TransformersEngine, directory: Path, name: str | None) -
                 raise
             raise ModelLoadError(f"adapter {directory} cannot be loaded on this model: {exc}") from exc
         model._peft_configs[name] = config
-        info = AdapterInfo(name, directory, content_hash, metadata)
+        info = AdapterInfo(name, directory, files.content_hash, files.metadata)
         model.adapters[name] = info
         model.hf_model.eval()
     return info
@@ -361,7 +327,6 @@ __all__ = [
     "LoraSettings",
     "TrainingReport",
     "load_adapter",
-    "read_adapter",
     "save_adapter",
     "train_adapter",
 ]
