@@ -326,8 +326,9 @@ def test_llamacpp_runs_adapters_trained_by_transformers(real_model, llamacpp_mod
     expected = real_model.score([real_model.chat_prompt(messages)], labels, hf_adapter)[0]
     assert max(abs(a - b) for a, b in zip(adapted, base, strict=True)) > 3  # the adapter acts
     assert adapted == pytest.approx(expected, abs=1.0)
-    # Switching back never reuses keys and values computed under the adapter.
-    assert llamacpp_model.score([cpp_prompt], labels)[0] == base
+    # Switching back never reuses keys and values computed under the adapter (those would be off by
+    # several nats; llama.cpp's batch-shape rounding is a few tenths).
+    assert llamacpp_model.score([cpp_prompt], labels)[0] == pytest.approx(base, abs=0.3)
     # A chain on llama.cpp takes the adapter the transformers engine trained.
     chain = Classify(["spam", "ham"], model=llamacpp_model, template="classify_short")
     assert chain.use_adapter(embedded_adapter).invoke("WIN WIN WIN").label in ("spam", "ham")

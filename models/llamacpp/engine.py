@@ -5,12 +5,12 @@ several times faster than transformers on a CPU. The same decoding rules as the 
 engine (``castline.models.decoding``) mask llama.cpp's logits, over a ``TokenTable`` read from
 the GGUF's own vocabulary, so a constraint means the same on both engines.
 
-How it drives llama.cpp: one context; the tokens evaluated so far are kept, and a new prompt
-reuses the longest common prefix of its tokens (the KV cache of an instruction and few-shot
-turns is computed once for a whole batch). Decoding is a plain loop -- logits of the last
-token, the cursor's mask, argmax or a seeded draw -- so log-probs of chosen tokens come for free.
-``score`` walks the continuations as a token trie depth first, one token evaluated per trie
-node, reading unconstrained log-probs and truncating the KV cache back when it backtracks.
+How it drives llama.cpp: a generation context keeps the tokens evaluated so far, and a new
+prompt reuses the longest common prefix of its tokens (the KV cache of an instruction and
+few-shot turns is computed once for a whole batch). Decoding is a plain loop -- logits of the
+last token, the cursor's mask, argmax or a seeded draw -- so log-probs of chosen tokens come for
+free. ``score`` runs in a second context that decodes all continuations of a prompt at once as a
+token trie over several sequences (``castline.models.llamacpp.scoring``).
 
 A llama.cpp context is not thread-safe: every call holds the engine's lock, and a batch runs its
 requests in turn.
@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from castline.models.decoding import Cursor, TokenTable
+from castline.models.llamacpp.scoring import TrieScorer
 from castline.models.loading import resolve_source
 from castline.models.protocol import (
     AdapterInfo,
@@ -79,6 +80,7 @@ class LlamaCppEngine(Engine):
         self._lock = threading.RLock()
         self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora pointer
         self._active: str | None = None  # the adapter the context (and its KV cache) runs with
+        self._trie_scorer: TrieScorer | None = None
         self.token_table = self._read_token_table()
         self._chat_template = _compile_chat_template(llm.metadata.get("tokenizer.chat_template"))
         self._bos_text = self._piece(int(llm.token_bos()), special=True).decode("utf-8", "replace")
@@ -277,15 +279,11 @@ class LlamaCppEngine(Engine):
         sequences = [
             [*self.encode_text(c.text), *([self.eos_id] if c.end_of_turn else [])] for c in continuations
         ]
-        trie: dict[int, Any] = {}
-        for sequence in sequences:
-            node = trie
-            for token in sequence:
-                node = node.setdefault(token, {})
         longest = max(len(s) for s in sequences)
         out = []
         with self._lock:
-            self._activate(adapter)
+            scorer = self._scorer()
+            scorer.set_adapter(self._loras.get(adapter) if adapter else None, adapter)
             for prompt in prompts:
                 ids = self.encode_prompt(prompt)
                 if len(ids) + longest > self.max_context:
@@ -293,29 +291,14 @@ class LlamaCppEngine(Engine):
                         f"a prompt plus its longest continuation needs {len(ids) + longest} tokens, over "
                         f"the context of {self.max_context}; shorten the input"
                     )
-                logprob_of: dict[tuple[int, ...], float] = {}
-                self._walk(trie, (), self._feed(ids), logprob_of)
-                out.append([sum(logprob_of[tuple(s[: k + 1])] for k in range(len(s))) for s in sequences])
+                out.append(scorer.score(ids, sequences))
         return out
 
-    def _walk(
-        self,
-        node: dict[int, Any],
-        path: tuple[int, ...],
-        logits: np.ndarray,
-        out: dict[tuple[int, ...], float],
-    ) -> None:
-        """Depth first over the trie: log P(child | path) for every child, then into each child."""
-        top = logits.max()
-        log_norm = top + np.log(np.exp(logits - top).sum())
-        depth = self.llm.n_tokens
-        for token, child in node.items():
-            out[(*path, token)] = float(logits[token] - log_norm)
-            if child:
-                self.llm.n_tokens = depth
-                self.llm.eval([token])
-                self._walk(child, (*path, token), self._last_logits(), out)
-        self.llm.n_tokens = depth
+    def _scorer(self) -> TrieScorer:
+        """The scoring context, created on first use (it holds its own KV cache)."""
+        if self._trie_scorer is None:
+            self._trie_scorer = TrieScorer(self.llm, self._lib)
+        return self._trie_scorer
 
 
 def _choose(logits: np.ndarray, settings: GenerationSettings, rng: np.random.Generator) -> int:
