@@ -4,7 +4,8 @@
 
 Prints tokens/s of the same structured chain on each engine (greedy, same prompts), the ratio of
 llama.cpp to transformers fp32, castline-on-llama.cpp against raw llama-cpp-python unconstrained
-decoding of the same number of tokens, and label-scoring throughput (items/s) with 6 labels.
+decoding of the same number of tokens, and label-scoring throughput (items/s) with 6 labels and
+with BANKING77's 77 intents (read from ../shared/data when it is there).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -26,6 +28,9 @@ TEXTS = [
     "Our new hire, Peter Novak, uses pnovak@corp.example and extension 4412.",
 ]
 LABELS = ["card_arrival", "card_payment", "cash_withdrawal", "exchange_rate", "lost_card", "top_up"]
+BANKING77 = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "classification" / "banking77_categories.json"
+)
 
 
 class Contact(BaseModel):
@@ -63,8 +68,8 @@ def raw_llamacpp_tokens_per_second(engine: Any, n_tokens: int) -> float:
     return per_prompt * len(TEXTS) / (time.perf_counter() - started)
 
 
-def scoring_items_per_second(model: Any) -> float:
-    chain = Classify(LABELS, model=model)
+def scoring_items_per_second(model: Any, labels: list[str]) -> float:
+    chain = Classify(labels, model=model)
     chain.prior()  # content-free prior measured once per chain, not per item
     started = time.perf_counter()
     chain.batch(TEXTS * 2)
@@ -72,6 +77,9 @@ def scoring_items_per_second(model: Any) -> float:
 
 
 def main() -> None:
+    label_sets = {"6": LABELS}
+    if BANKING77.is_file():
+        label_sets["77"] = list(json.loads(BANKING77.read_text()))
     figures: dict[str, Any] = {}
     for label, options in [
         ("transformers_fp32", {"dtype": "float32"}),
@@ -79,14 +87,16 @@ def main() -> None:
     ]:
         model = load_model(engine="transformers", **options)
         figures[f"{label}_structured_tok_s"], _ = structured_tokens_per_second(model)
-        figures[f"{label}_scoring_items_s"] = scoring_items_per_second(model)
+        for n, labels in label_sets.items():
+            figures[f"{label}_scoring_{n}_labels_items_s"] = scoring_items_per_second(model, labels)
         del model
     if importlib.util.find_spec("llama_cpp") is not None:
         engine = load_model(engine="llamacpp")
         tok_s, tokens = structured_tokens_per_second(engine)
         figures["llamacpp_structured_tok_s"] = tok_s
         figures["llamacpp_raw_unconstrained_tok_s"] = raw_llamacpp_tokens_per_second(engine, tokens)
-        figures["llamacpp_scoring_items_s"] = scoring_items_per_second(engine)
+        for n, labels in label_sets.items():
+            figures[f"llamacpp_scoring_{n}_labels_items_s"] = scoring_items_per_second(engine, labels)
         figures["llamacpp_vs_fp32"] = tok_s / figures["transformers_fp32_structured_tok_s"]
         figures["castline_llamacpp_vs_raw"] = tok_s / figures["llamacpp_raw_unconstrained_tok_s"]
     print(json.dumps({k: round(v, 2) for k, v in figures.items()}, indent=2))

@@ -71,3 +71,25 @@ def test_shipped_templates_load_and_user_files_too(tmp_path):
     path = tmp_path / "mine.jinja"
     path.write_text("Q: {{ question }}")
     assert load_template(path).variables == {"question"}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ('{% include "other.jinja" %}', "self-contained"),
+        ('{% from "m.jinja" import x %}', "self-contained"),
+        ("{% for i in range(10**9) %}x{% endfor %}", "failed to render"),
+        (
+            '{% call message("user") %}{% for i in range(99999) %}{% for j in range(99999) %}x'
+            "{% endfor %}{% endfor %}{% endcall %}",
+            "ran over",
+        ),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses"),
+        ("{{ 'x' * 10**9 }}", "repeats a value"),
+        ("{{ 10 ** 10000000 }}", "power"),
+    ],
+)
+def test_hostile_templates_fail_typed_and_bounded(source, message):
+    """Each fails as a TemplateError, at load or within the render budget (2 s), never hangs."""
+    with pytest.raises(TemplateError, match=message):
+        PromptTemplate.from_string(source).render({})
