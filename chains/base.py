@@ -79,7 +79,10 @@ class Chain(Runnable[Any, Output], ABC):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InvalidInputError(f"{self.get_name()} input is invalid: {problems}") from exc
         # Fields keep their Python values (nested objects stay objects for the template).
-        return {name: getattr(checked, name) for name in self.input_model.model_fields}
+        values = {name: getattr(checked, name) for name in self.input_model.model_fields}
+        for name, field_value in values.items():
+            _check_unicode(field_value, name, self.get_name())
+        return values
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -258,6 +261,24 @@ class Chain(Runnable[Any, Output], ABC):
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
         return await run_in_executor(config, lambda: self.invoke(input, config, **kwargs))
+
+
+def _check_unicode(value: Any, where: str, chain: str) -> None:
+    """Refuse text no tokenizer can encode (unpaired UTF-16 surrogates), naming the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"{chain} input {where} holds an unpaired surrogate at character {exc.start}, which is "
+                "not text; decode the source with errors='replace' or fix its encoding"
+            ) from None
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]", chain)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(item, f"{where}.{key}", chain)
 
 
 def token_budget(settings: GenerationSettings, default: int) -> int:

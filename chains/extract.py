@@ -101,6 +101,12 @@ class Extract(StructuredChain[Any]):
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         if not self.spans:
             return super()._run_batch(inputs, settings)
+        not_text = [i for i, x in enumerate(inputs) if not isinstance(x.get("text"), str)]
+        if not_text:  # span extraction copies from a text; anything else is refused per item
+            texts = [x for i, x in enumerate(inputs) if i not in not_text]
+            done = iter(self._run_batch(texts, settings) if texts else [])
+            error = InvalidInputError("Extract(spans=True) needs 'text' to be a string")
+            return [error if i in not_text else next(done) for i in range(len(inputs))]
         names = tuple(self.schema.model_fields)
         constraints = [
             SpanConstraint(

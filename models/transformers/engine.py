@@ -401,7 +401,13 @@ def load_transformers(
         device_map = {"": 0} if on_gpu else {"": "cpu"}
     torch_dtype = pick_dtype(dtype, "cuda" if on_gpu else "cpu")
     with _LOAD_LOCK:
-        directory = weights_dir(source_info)
+        try:
+            directory = weights_dir(source_info)
+        except (ValueError, OSError, RuntimeError, KeyError, IndexError) as exc:
+            raise ModelLoadError(
+                f"{source_info.path} could not be read as a GGUF model ({type(exc).__name__}: {exc}); "
+                "is it a complete GGUF file?"
+            ) from exc
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 directory, trust_remote_code=trust_remote_code, local_files_only=True
