@@ -39,6 +39,7 @@ from castline.schemas.output_types import OutputSpec
 # A private-use character no tokenizer spells; it stands for "the output ends here".
 END_SENTINEL = "\ue000"
 _SENTINEL_LEAD = b"\xee"  # first UTF-8 byte of U+E000-U+EFFF
+GRAMMAR_CACHE = 64  # compiled grammars kept per vocabulary
 _END = -1  # key of the token ids that end at a trie node
 
 
@@ -55,11 +56,17 @@ class TokenTable:
         self._lock = threading.Lock()
 
     def grammar(self, regex: str) -> CompiledGrammar:
-        """The grammar of ``regex`` over this vocabulary, compiled once and cached."""
+        """The grammar of ``regex`` over this vocabulary, compiled once and cached.
+
+        The cache keeps the ``GRAMMAR_CACHE`` most recently used grammars (an index can take tens
+        of megabytes), so a process that builds many output types does not grow without bound.
+        """
         with self._lock:
-            if regex not in self._grammars:
-                self._grammars[regex] = CompiledGrammar(regex, self)
-            return self._grammars[regex]
+            grammar = self._grammars.pop(regex, None) or CompiledGrammar(regex, self)
+            self._grammars[regex] = grammar  # most recently used last
+            while len(self._grammars) > GRAMMAR_CACHE:
+                self._grammars.pop(next(iter(self._grammars)))
+            return grammar
 
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
         """Build what ``constraint`` needs ahead of the first call (an unsupported one fails here)."""

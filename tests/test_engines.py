@@ -418,3 +418,24 @@ def test_fake_engine_scripts_entities_as_spans():
         ("Ada", "person", 0),
         ("London", "place", 13),
     ]
+
+
+def test_seeded_sampling_leaves_the_global_random_generator_alone(tiny_model):
+    import torch
+
+    state = torch.random.get_rng_state()
+    chain = StructuredChain(Literal["a", "b"], model=tiny_model, temperature=1.0)
+    assert chain.invoke("x", seed=3) == chain.invoke("x", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_compiled_grammars_are_cached_within_a_bound():
+    from castline.models.decoding import GRAMMAR_CACHE
+
+    table = FakeEngine().token_table
+    first = table.grammar("a{1}")
+    assert table.grammar("a{1}") is first  # cached
+    for n in range(2, GRAMMAR_CACHE + 10):
+        table.grammar(f"a{{{n}}}")
+    assert len(table._grammars) == GRAMMAR_CACHE
+    assert "a{1}" not in table._grammars  # the least recently used went first

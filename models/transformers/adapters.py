@@ -117,7 +117,6 @@ def train_adapter(
     eval_rows = [rows[i] for i in order[:n_eval]]
     train_rows = [rows[i] for i in order[n_eval:]]
 
-    torch.manual_seed(settings.seed)
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
@@ -127,7 +126,11 @@ def train_adapter(
         else list(settings.target_modules),
         task_type="CAUSAL_LM",
     )
-    with model._lock, _several_adapters_allowed():
+    # The seed drives LoRA initialisation and dropout on a forked generator: the process-wide one
+    # is left as it was.
+    gpus = [model.device.index or 0] if model.device.type == "cuda" else []
+    with model._lock, _several_adapters_allowed(), torch.random.fork_rng(devices=gpus):
+        torch.manual_seed(settings.seed)
         inject_adapter_in_model(config, model.hf_model, adapter_name=name)
         model._peft_configs[name] = config
         model.adapters[name] = AdapterInfo(name, None, "trained-in-process", {})
