@@ -9,7 +9,9 @@ default token budget. Accepted types:
 - ``Regex(pattern)`` -- returned as the matching string;
 - anything Pydantic can describe with a JSON Schema: a ``BaseModel`` (nested models, lists,
   enums, Optional, Literal, constrained strings and numbers), ``list[Model]``, ``int``, ...
-  -- decoded as compact JSON, returned validated.
+  -- decoded as compact JSON, returned validated;
+- a JSON Schema as a ``dict`` -- decoded as compact JSON, returned as the JSON value, validated
+  against the schema with ``jsonschema``.
 
 The regexes are built with outlines_core, which is a compiled library and does not pull in torch.
 """
@@ -103,6 +105,8 @@ def output_spec(output_type: Any) -> OutputSpec:
         return _label_spec(output_type, labels)
     if isinstance(output_type, Regex):
         return OutputSpec(str, output_type.pattern, lambda s: s, output_type.max_new_tokens, "regex")
+    if isinstance(output_type, dict):
+        return _json_schema_spec(output_type)
     if isinstance(output_type, str):
         raise OutputTypeError(
             f"output type {output_type!r} is a plain string; wrap a pattern as Regex({output_type!r}) "
@@ -115,8 +119,8 @@ def _label_spec(output_type: Any, labels: Labels) -> OutputSpec:
     by_name: dict[str, Any] = {n: n for n in labels.names}
     if isinstance(output_type, type) and issubclass(output_type, enum.Enum):
         by_name = {str(m.value): m for m in output_type}
-    # outlines_core resolves alternation leftmost-first: with "card|card_arrival" the longer
-    # label could never be decoded. Longest first keeps every label reachable.
+    # Every label stays reachable in any order: the decoder compiles the regex with an end
+    # sentinel, so "card" ending does not close the way on to "card_arrival" (models/decoding.py).
     ordered = sorted(labels.names, key=len, reverse=True)
     regex = "(" + "|".join(re.escape(n) for n in ordered) + ")"
     longest = max(len(n) for n in labels.names)
@@ -160,6 +164,47 @@ def _json_spec(output_type: Any) -> OutputSpec:
             ) from exc
 
     return OutputSpec(output_type, regex, parse, _json_budget(schema), "json", json_schema=schema)
+
+
+def _json_schema_spec(schema: dict[str, Any]) -> OutputSpec:
+    """A JSON Schema given as a dict: decoded as compact JSON, returned as the validated JSON value.
+
+    The grammar forbids object keys the schema does not declare where the schema is silent about
+    ``additionalProperties`` (otherwise a small model adds keys and runs on); set it explicitly to
+    allow them. The output is validated against the schema exactly as given.
+    """
+    import jsonschema
+    from outlines_core.json_schema import build_regex_from_schema
+
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise OutputTypeError(f"not a valid JSON Schema: {exc.message}") from exc
+    validator = validator_class(schema)
+    strict = strict_json_schema(schema)
+    try:
+        regex = build_regex_from_schema(json.dumps(strict), JSON_WHITESPACE)
+    except Exception as exc:  # outlines_core raises several types for unsupported keywords
+        raise OutputTypeError(f"this JSON Schema is not supported by the grammar: {exc}") from exc
+
+    def parse(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OutputValidationError(f"model output is not JSON: {exc}", text) from exc
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        if errors:
+            where = ".".join(str(p) for p in errors[0].absolute_path) or "top level"
+            raise OutputValidationError(
+                f"model output does not validate against the JSON Schema: {len(errors)} error(s), "
+                f"first: {errors[0].message} at {where}",
+                text,
+                [{"msg": e.message, "loc": list(e.absolute_path)} for e in errors],
+            )
+        return value
+
+    return OutputSpec(Any, regex, parse, _json_budget(strict), "json", json_schema=strict)
 
 
 def strict_json_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -439,3 +439,22 @@ def test_compiled_grammars_are_cached_within_a_bound():
         table.grammar(f"a{{{n}}}")
     assert len(table._grammars) == GRAMMAR_CACHE
     assert "a{1}" not in table._grammars  # the least recently used went first
+
+
+def test_a_json_schema_dict_is_an_output_type():
+    from castline.schemas import OutputTypeError, OutputValidationError
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+        "required": ["name", "age"],
+    }
+    for value in StructuredChain(schema, model=FakeEngine(), max_new_tokens=200).batch(TEXTS):
+        assert set(value) == {"name", "age"} and isinstance(value["age"], int)
+    # minimum is not in the grammar: the schema itself is checked after decoding, raw text kept
+    chain = StructuredChain(schema, model=FakeEngine(outputs=['{"name":"Ada","age":-1}']))
+    with pytest.raises(OutputValidationError, match="minimum") as info:
+        chain.invoke("x")
+    assert info.value.raw == '{"name":"Ada","age":-1}'
+    with pytest.raises(OutputTypeError, match="not a valid JSON Schema"):
+        StructuredChain({"type": "nope"}, model=FakeEngine())
