@@ -102,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"castline: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        summary = {"task": report.task, "n": report.n, **report.metrics, "errors": report.errors}
+        summary = {
+            "task": report.task,
+            "n": report.n,
+            **report.metrics,
+            "errors": report.errors,
+            "error_kinds": report.error_kinds,
+        }
         print(json.dumps({**summary, "seconds": round(report.seconds, 2)}))
     else:
         print(report.summary())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,11 +26,17 @@ class Report(BaseModel):
     n: int = Field(description="examples evaluated")
     metrics: dict[str, float]
     errors: int = Field(0, description="examples whose output was an error (counted as wrong)")
+    error_kinds: dict[str, int] = Field(
+        default_factory=dict, description="errors by type, e.g. TruncatedOutputError"
+    )
     seconds: float = Field(description="wall time of the run")
 
     def summary(self) -> str:
         figures = ", ".join(f"{k} {v:.3f}" for k, v in self.metrics.items())
-        return f"{self.task}: n={self.n}, {figures}, errors {self.errors}, {self.seconds:.1f} s"
+        kinds = (
+            f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.error_kinds.items()))})" if self.errors else ""
+        )
+        return f"{self.task}: n={self.n}, {figures}, errors {self.errors}{kinds}, {self.seconds:.1f} s"
 
 
 def run_batched(
@@ -56,6 +63,7 @@ def _report(
         n=len(inputs),
         metrics=score(outputs),
         errors=sum(isinstance(o, Exception) for o in outputs),
+        error_kinds=dict(Counter(type(o).__name__ for o in outputs if isinstance(o, Exception))),
         seconds=time.perf_counter() - started,
     )
 

@@ -279,8 +279,8 @@ class SpanState:
     def close_span(self) -> None:
         """Record the typed span at its earliest possible start, without surrounding spaces.
 
-        A span with no letter or digit (the decoder had to stop inside leading spaces), or one that
-        cannot end on a word boundary, is dropped, never recorded as an empty or reversed range.
+        A span forced to stop inside a word keeps the words before it; a span with no letter or
+        digit left is dropped, never recorded as an empty or reversed range.
         """
         if not self.length and self.label in self.optional:
             self.spans.append((-1, -1, self.label))  # an optional field left empty
@@ -288,12 +288,22 @@ class SpanState:
             self.mode = "label"
             return
         ending = self.ending_starts()
-        if not ending or not self.has_content():
+        if ending:
+            start = min(ending)
+            end = start + self.length
+        elif self.starts:
+            # Forced to stop inside a word (the span reached max_span_tokens): keep the words
+            # typed so far, back to the last boundary.
+            start = min(self.starts)
+            end = start + self.length
+            while end > start and splits_word(self.text, end):
+                end -= 1
+        else:
+            end = start = 0
+        raw = self.text[start:end]
+        if not any(ch.isalnum() for ch in raw):
             self.starts, self.length = [], 0
             return
-        start = min(ending)
-        end = start + self.length
-        raw = self.text[start:end]
         # Leading spaces come with tokens like " Paris"; the entity is the text without them.
         start += len(raw) - len(raw.lstrip())
         end -= len(raw) - len(raw.rstrip())

@@ -225,6 +225,19 @@ def test_spans_start_and_end_on_word_boundaries():
     assert newline not in _allowed_after("a . b", b"place: .")
 
 
+def test_a_span_forced_to_stop_inside_a_word_keeps_the_words_before_it():
+    fake = FakeEngine()
+    rule = SpanConstraint("New York City", ("place",), max_span_tokens=6)
+    cursor = SpanCursor(rule, fake.token_table)
+    for byte in b"place:New Yo":
+        cursor.advance(byte)
+    row = np.zeros(fake.token_table.size, dtype=bool)
+    cursor.mask_into(row)
+    assert np.flatnonzero(row).tolist() == [fake.token_table.eos_id]  # six span tokens: must stop
+    cursor.advance(fake.token_table.eos_id)
+    assert [s[:3] for s in cursor.spans()] == [(0, 3, "place")]
+
+
 # -- user text is data -----------------------------------------------------------------------------
 
 

@@ -211,3 +211,20 @@ def test_cli_train_writes_an_adapter_that_evaluate_uses(tmp_path, capsys, monkey
     assert main(["evaluate", "classify", str(data), "--adapter", str(out), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["accuracy"] == pytest.approx(trained["accuracy"])
+
+
+def test_report_counts_errors_by_kind_and_keeps_the_other_items():
+    from castline.chains import AnswerQuestion
+    from castline.evaluation.evaluate import evaluate_qa
+    from castline.evaluation.readers import QAExample
+    from castline.models import FakeEngine
+
+    data = [
+        QAExample("1", "Who?", "Ada wrote it.", (("Ada", 0),)),
+        QAExample("2", "Who?", "   ", (("x", 0),)),  # an empty context is one typed error
+        QAExample("3", "Who?", "Bob came.", (("Bob", 0),)),
+    ]
+    report = evaluate_qa(AnswerQuestion(model=FakeEngine()), data)
+    assert report.errors == 1 and report.error_kinds == {"InvalidInputError": 1}
+    assert report.metrics["exact_match"] > 0  # the fake copies the first word: both others right
+    assert "InvalidInputError: 1" in report.summary()
