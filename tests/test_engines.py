@@ -383,9 +383,18 @@ def test_block_real_models_refuses_loading():
         load_model(engine="transformers")
 
 
-def test_importing_chains_imports_no_torch():
+def test_chains_on_the_fake_engine_run_without_torch():
+    """What a user's unit test does: build and call chains on FakeEngine; torch is never imported."""
     code = (
-        "import sys, castline.chains, castline.models, castline.models.fake\n"
+        "import sys\n"
+        "from castline.chains import Classify, RecognizeEntities, StructuredChain\n"
+        "from castline.models import FakeEngine, block_real_models\n"
+        "from castline.schemas import Regex\n"
+        "with block_real_models():\n"
+        "    fake = FakeEngine(scores={'spam': -0.1})\n"
+        "    assert Classify(['spam', 'ham'], model=fake).invoke('x').label in ('spam', 'ham')\n"
+        "    assert RecognizeEntities(['person'], model=fake).invoke('Ada came.').entities\n"
+        "    assert StructuredChain(Regex('[0-9]{3}'), model=fake).invoke('x').isdigit()\n"
         "print([m for m in ('torch', 'transformers', 'peft', 'llama_cpp') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
