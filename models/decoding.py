@@ -22,6 +22,7 @@ substring of the input with a non-space character and no line break; see ``SpanS
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -30,10 +31,9 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from outlines_core import Guide, Index, Vocabulary
+from outlines_core import Guide, Vocabulary
 
 from castline.models.protocol import SpanConstraint
-from castline.schemas.errors import OutputTypeError
 from castline.schemas.output_types import OutputSpec
 
 # A private-use character no tokenizer spells; it stands for "the output ends here".
@@ -96,6 +96,14 @@ class TokenTable:
         return Vocabulary(self.eos_id, by_bytes)
 
     @cached_property
+    def fingerprint(self) -> str:
+        """A hash of every token's bytes and the end-of-turn id: the vocabulary's identity."""
+        digest = hashlib.sha256(f"{self.eos_id}|{sorted(self.special_ids)}".encode())
+        for piece in self.pieces:
+            digest.update(b"\x00-" if piece is None else len(piece).to_bytes(2, "little") + piece)
+        return digest.hexdigest()
+
+    @cached_property
     def texts(self) -> dict[int, str]:
         """Tokens whose bytes are whole UTF-8 text, by id (what span decoding can copy)."""
         out = {}
@@ -129,11 +137,10 @@ class CompiledGrammar:
     """An output type's regex compiled over one vocabulary (the expensive step; cache it)."""
 
     def __init__(self, regex: str, table: TokenTable) -> None:
+        from castline.models.compiling import compile_index
+
         self.table = table
-        try:
-            self.index = Index(f"(?:{regex}){END_SENTINEL}", table.vocabulary)
-        except ValueError as exc:
-            raise OutputTypeError(f"cannot build a decoding constraint: {exc}") from exc
+        self.index = compile_index(f"(?:{regex}){END_SENTINEL}", table.vocabulary, table.fingerprint)
 
     def cursor(self) -> GrammarCursor:
         return GrammarCursor(self)

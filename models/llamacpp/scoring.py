@@ -97,9 +97,7 @@ class TrieScorer:
         for start in range(kept, len(ids), self.n_batch):
             chunk = ids[start : start + self.n_batch]
             last = start + len(chunk) == len(ids)
-            self._decode(
-                [(t, start + k, (0,), last and k == len(chunk) - 1) for k, t in enumerate(chunk)]
-            )
+            self._decode([(t, start + k, (0,), last and k == len(chunk) - 1) for k, t in enumerate(chunk)])
         self.tokens = list(ids)
         return self._logprobs(-1)
 
