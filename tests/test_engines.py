@@ -480,3 +480,28 @@ def test_a_json_schema_dict_is_an_output_type():
     assert info.value.raw == '{"name":"Ada","age":-1}'
     with pytest.raises(OutputTypeError, match="not a valid JSON Schema"):
         StructuredChain({"type": "nope"}, model=FakeEngine())
+
+
+def test_a_grammar_compile_is_bounded_in_time_and_cached_on_disk(tmp_path, monkeypatch):
+    import multiprocessing
+    import time
+
+    from castline.schemas import OutputTypeError
+
+    monkeypatch.setenv("CASTLINE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CASTLINE_COMPILE_SECONDS", "1")
+    # 60 optional bounded strings: the index build takes far longer than a second.
+    huge = {"type": "object", "properties": {f"f{i}": {"type": "string", "maxLength": 20} for i in range(60)}}
+    started = time.monotonic()
+    with pytest.raises(OutputTypeError, match="did not compile within 1 s"):
+        StructuredChain(huge, model=FakeEngine())
+    assert time.monotonic() - started < 5
+    assert multiprocessing.active_children() == []  # the compiler was stopped, not left running
+    StructuredChain(Literal["a", "b"], model=FakeEngine())
+    cached = list((tmp_path / "grammars").glob("*.index"))
+    assert len(cached) == 1
+    # A new engine with the same vocabulary bytes loads the index from disk: no compile at all.
+    import castline.models.compiling as compiling
+
+    monkeypatch.setattr(compiling, "_compile_bounded", lambda *a: pytest.fail("compiled again"))
+    assert StructuredChain(Literal["a", "b"], model=FakeEngine()).invoke("x") in ("a", "b")
