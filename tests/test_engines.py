@@ -505,3 +505,23 @@ def test_a_grammar_compile_is_bounded_in_time_and_cached_on_disk(tmp_path, monke
 
     monkeypatch.setattr(compiling, "_compile_bounded", lambda *a: pytest.fail("compiled again"))
     assert StructuredChain(Literal["a", "b"], model=FakeEngine()).invoke("x") in ("a", "b")
+
+
+def test_threads_and_tasks_sharing_one_model_match_sequential_runs(tiny_model):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"item {i}: {'word ' * i}" for i in range(8)]
+    expected = [StructuredChain(Regex(r"[a-z]{1,6}"), model=tiny_model).invoke(t) for t in texts]
+
+    def build_and_call(text: str) -> str:
+        return StructuredChain(Regex(r"[a-z]{1,6}"), model=tiny_model).invoke(text)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(build_and_call, texts)) == expected
+
+    async def all_tasks() -> list[str]:
+        chain = StructuredChain(Regex(r"[a-z]{1,6}"), model=tiny_model)
+        return await asyncio.gather(*(chain.ainvoke(t) for t in texts))
+
+    assert asyncio.run(all_tasks()) == expected
