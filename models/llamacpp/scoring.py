@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from castline.models.token_trie import TokenTrie
 from castline.schemas.errors import ModelLoadError
 
 _MAX_SEQUENCES = 128  # sequences per context: continuations scored in one decode
@@ -119,47 +120,29 @@ class TrieScorer:
         members: list[int],
         out: list[float],
     ) -> None:
-        tokens: list[int] = []
-        parents: list[int] = []
-        depths: list[int] = []
-        owners: list[set[int]] = []  # the sequences (continuations) each node belongs to
-        children: dict[tuple[int, int], int] = {}
-        paths: dict[int, list[int]] = {}
-        for offset, member in enumerate(members):
-            seq = offset + 1
-            self.lib.llama_memory_seq_cp(self.memory, 0, seq, -1, -1)
-            node, path = -1, []
-            for depth, token in enumerate(sequences[member]):
-                key = (node, token)
-                if key not in children:
-                    children[key] = len(tokens)
-                    tokens.append(token)
-                    parents.append(node)
-                    depths.append(depth)
-                    owners.append(set())
-                node = children[key]
-                owners[node].add(seq)
-                path.append(node)
-            paths[member] = path
-        has_children = {p for p in parents if p >= 0}
-        logprob = [0.0] * len(tokens)
-        for node, parent in enumerate(parents):
-            if parent < 0:
-                logprob[node] = float(first[tokens[node]])
+        trie = TokenTrie.build([sequences[m] for m in members])
+        owners: list[set[int]] = [set() for _ in range(len(trie))]  # sequences each node belongs to
+        for offset, path in enumerate(trie.paths):
+            self.lib.llama_memory_seq_cp(self.memory, 0, offset + 1, -1, -1)  # share the prompt's cells
+            for node in path:
+                owners[node].add(offset + 1)
+        has_children = {p for p in trie.parents if p >= 0}
+        logprob = [float(first[trie.tokens[n]]) if trie.parents[n] < 0 else 0.0 for n in range(len(trie))]
         # Parents come before their children, so chunks in node order keep every ancestor in the
         # cache before a node needs it; each parent's row is read right after its chunk.
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = range(start, min(len(tokens), start + self.n_batch))
-            self._decode(
-                [(tokens[n], n_prompt + depths[n], sorted(owners[n]), n in has_children) for n in chunk]
-            )
+        for start in range(0, len(trie), self.n_batch):
+            chunk = range(start, min(len(trie), start + self.n_batch))
+            entries = [
+                (trie.tokens[n], n_prompt + trie.depths[n], sorted(owners[n]), n in has_children)
+                for n in chunk
+            ]
+            self._decode(entries)
             for index, node in enumerate(chunk):
                 if node in has_children:
                     row = self._logprobs(index)
-                    for (parent, token), child in children.items():
-                        if parent == node:
-                            logprob[child] = float(row[token])
-        for member in members:
-            out[member] = sum(logprob[n] for n in paths[member])
+                    for child in trie.children(node):
+                        logprob[child] = float(row[trie.tokens[child]])
+        for offset, member in enumerate(members):
+            out[member] = sum(logprob[n] for n in trie.paths[offset])
         for seq in range(1, len(members) + 1):
             self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)

@@ -313,7 +313,8 @@ class TransformersEngine(Engine):
     def score(
         self, prompts: Sequence[Prompt], continuations: Sequence[Continuation], adapter: str | None = None
     ) -> list[list[float]]:
-        from castline.models.transformers.scoring import TokenTrie, score_candidates
+        from castline.models.token_trie import TokenTrie
+        from castline.models.transformers.scoring import score_candidates
 
         self.check_adapter(adapter)
         sequences = [

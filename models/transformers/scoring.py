@@ -16,53 +16,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from castline.models.token_trie import TokenTrie
 from castline.models.transformers.engine import TransformersEngine
 from castline.schemas.errors import InvalidInputError
 
 # Rows per forward pass: keeps the (rows x positions x vocabulary) logits small on a CPU.
 SCORING_ROWS = 4
-
-
-@dataclass(frozen=True)
-class TokenTrie:
-    """Candidate token sequences merged on shared prefixes."""
-
-    tokens: tuple[int, ...]  # token of each node
-    parents: tuple[int, ...]  # parent node, -1 for a child of the prompt
-    depths: tuple[int, ...]
-    paths: tuple[tuple[int, ...], ...]  # node indices spelling each candidate
-
-    @classmethod
-    def build(cls, sequences: Sequence[Sequence[int]]) -> TokenTrie:
-        tokens: list[int] = []
-        parents: list[int] = []
-        depths: list[int] = []
-        children: dict[tuple[int, int], int] = {}
-        paths = []
-        for sequence in sequences:
-            if not sequence:
-                raise ValueError("every candidate needs at least one token")
-            node, path = -1, []
-            for depth, token in enumerate(sequence):
-                key = (node, token)
-                if key not in children:
-                    children[key] = len(tokens)
-                    tokens.append(token)
-                    parents.append(node)
-                    depths.append(depth)
-                node = children[key]
-                path.append(node)
-            paths.append(tuple(path))
-        return cls(tuple(tokens), tuple(parents), tuple(depths), tuple(paths))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
 
 
 def score_candidates(engine: TransformersEngine, ids: Sequence[list[int]], trie: TokenTrie) -> torch.Tensor:
