@@ -181,7 +181,7 @@ def _json_schema_spec(schema: dict[str, Any]) -> OutputSpec:
         validator_class.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise OutputTypeError(f"not a valid JSON Schema: {exc.message}") from exc
-    validator = validator_class(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
     strict = strict_json_schema(schema)
     try:
         regex = build_regex_from_schema(json.dumps(strict), JSON_WHITESPACE)

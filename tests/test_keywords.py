@@ -1,0 +1,112 @@
+"""What the decoding grammar guarantees, JSON Schema keyword by keyword (the README's table).
+
+For each keyword: a schema, an instance the ``jsonschema`` validator accepts, one it rejects, and
+whether the grammar (outlines_core, as castline compiles it) already refuses the rejected one.
+Where it does not ("checked after"), decoding may produce the instance and castline's
+validation turns it into an ``OutputValidationError`` with the raw text -- never a returned value.
+Every accepted instance must be decodable: the grammar is never stricter than the schema here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from castline.models import FakeEngine
+from castline.models.decoding import CompiledGrammar
+from castline.schemas import output_spec
+
+
+def _obj(prop: dict) -> dict:
+    return {"type": "object", "properties": {"v": prop}, "required": ["v"]}
+
+
+# keyword, schema, accepted instance, rejected instance, enforced by the grammar
+KEYWORDS = [
+    ("type", _obj({"type": "integer"}), {"v": 3}, {"v": "3"}, True),
+    ("enum", _obj({"enum": ["a", "b"]}), {"v": "a"}, {"v": "c"}, True),
+    ("const", _obj({"const": "x"}), {"v": "x"}, {"v": "y"}, True),
+    (
+        "required",
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+        {"a": 1},
+        {},
+        True,
+    ),
+    ("pattern", _obj({"type": "string", "pattern": "^[a-z]{2}$"}), {"v": "ab"}, {"v": "abc"}, True),
+    ("minLength", _obj({"type": "string", "minLength": 2}), {"v": "ab"}, {"v": "a"}, True),
+    ("maxLength", _obj({"type": "string", "maxLength": 2}), {"v": "ab"}, {"v": "abc"}, True),
+    ("maxLength, non-ASCII", _obj({"type": "string", "maxLength": 2}), {"v": "éé"}, {"v": "ééé"}, True),
+    (
+        "format: date",
+        _obj({"type": "string", "format": "date"}),
+        {"v": "2024-01-31"},
+        {"v": "31/01/2024"},
+        True,
+    ),
+    (
+        "minItems",
+        _obj({"type": "array", "items": {"type": "integer"}, "minItems": 2}),
+        {"v": [1, 2]},
+        {"v": [1]},
+        True,
+    ),
+    (
+        "maxItems",
+        _obj({"type": "array", "items": {"type": "integer"}, "maxItems": 1}),
+        {"v": [1]},
+        {"v": [1, 2]},
+        True,
+    ),
+    ("minimum", _obj({"type": "integer", "minimum": 0}), {"v": 0}, {"v": -1}, False),
+    ("maximum", _obj({"type": "integer", "maximum": 9}), {"v": 9}, {"v": 10}, False),
+    ("exclusiveMinimum", _obj({"type": "number", "exclusiveMinimum": 0}), {"v": 1}, {"v": 0}, False),
+    ("multipleOf", _obj({"type": "integer", "multipleOf": 5}), {"v": 10}, {"v": 7}, False),
+    (
+        "uniqueItems",
+        _obj({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
+        {"v": [1, 2]},
+        {"v": [1, 1]},
+        False,
+    ),
+    (
+        "additionalProperties: false",
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+        {"a": 1},
+        {"a": 1, "b": 2},
+        True,
+    ),
+]
+
+
+def _decodable(grammar: CompiledGrammar, instance: object) -> bool:
+    """Whether the grammar lets the decoder write ``instance`` as compact JSON and then stop."""
+    table = grammar.table
+    cursor = grammar.cursor()
+    row = np.zeros(table.size, dtype=bool)
+    for byte in [*json.dumps(instance, separators=(",", ":"), ensure_ascii=False).encode(), table.eos_id]:
+        row[:] = False
+        cursor.mask_into(row)
+        if not row[byte]:
+            return False
+        cursor.advance(byte)
+    return True
+
+
+@pytest.mark.parametrize(
+    ("keyword", "schema", "good", "bad", "enforced"), KEYWORDS, ids=[k[0] for k in KEYWORDS]
+)
+def test_keyword_table(keyword, schema, good, bad, enforced):
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    assert validator.is_valid(good) and not validator.is_valid(bad)
+    grammar = FakeEngine().token_table.grammar(output_spec(schema).regex)
+    assert _decodable(grammar, good), f"{keyword}: the grammar refuses a valid instance"
+    assert _decodable(grammar, bad) != enforced, f"{keyword}: the table says enforced={enforced}"
+    if not enforced:  # decodable, so validation after decoding is what refuses it
+        with pytest.raises(Exception, match="validate"):
+            output_spec(schema).parse(json.dumps(bad, separators=(",", ":")))
