@@ -525,3 +525,11 @@ def test_threads_and_tasks_sharing_one_model_match_sequential_runs(tiny_model):
         return await asyncio.gather(*(chain.ainvoke(t) for t in texts))
 
     assert asyncio.run(all_tasks()) == expected
+
+
+def test_batches_larger_than_one_generate_call_match_invoke(tiny_model):
+    from castline.models.transformers.engine import GENERATE_ROWS
+
+    texts = [f"text {i} {'x' * (i % 5)}" for i in range(GENERATE_ROWS + 4)]
+    chain = StructuredChain(Regex(r"[a-z]{1,4}"), model=tiny_model)
+    assert chain.batch(texts) == [chain.invoke(t) for t in texts]
