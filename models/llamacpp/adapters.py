@@ -16,10 +16,12 @@ rsLoRA and DoRA (other scaling / an extra magnitude vector), LoRA biases, saved 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,3 +144,16 @@ def _convert(files: AdapterFiles, base: BaseShape, target: Path) -> None:
     finally:
         if os.path.exists(staging):
             os.remove(staging)
+
+
+def set_context_adapter(lib: Any, ctx: Any, pointer: Any) -> None:
+    """Make ``pointer`` (a loaded GGUF LoRA, or None) the only adapter of the llama.cpp context ``ctx``.
+
+    The caller drops the context's KV cache: keys and values computed under another adapter are
+    not those of this one.
+    """
+    chosen = [pointer] if pointer is not None else []
+    array = (lib.llama_adapter_lora_p_ctypes * max(1, len(chosen)))(*chosen)
+    scales = (ctypes.c_float * max(1, len(chosen)))(*([1.0] * len(chosen)))
+    if lib.llama_set_adapters_lora(ctx, array, len(chosen), scales):
+        raise ModelLoadError("llama.cpp could not set the adapter on its context")

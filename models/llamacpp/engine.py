@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from castline.models.decoding import Cursor, TokenTable
+from castline.models.llamacpp.adapters import set_context_adapter
 from castline.models.llamacpp.scoring import TrieScorer
 from castline.models.loading import resolve_source
 from castline.models.protocol import (
@@ -192,11 +193,7 @@ class LlamaCppEngine(Engine):
         """Run the context with ``adapter`` (None: the base model); the KV cache starts over."""
         if adapter == self._active:
             return
-        chosen = [self._loras[adapter]] if adapter is not None else []
-        array = (self._lib.llama_adapter_lora_p_ctypes * max(1, len(chosen)))(*chosen)
-        scales = (ctypes.c_float * max(1, len(chosen)))(*([1.0] * len(chosen)))
-        if self._lib.llama_set_adapters_lora(self.llm.ctx, array, len(chosen), scales):
-            raise ModelLoadError(f"llama.cpp could not switch to adapter {adapter!r}")
+        set_context_adapter(self._lib, self.llm.ctx, self._loras[adapter] if adapter is not None else None)
         self.llm.n_tokens = 0  # keys and values computed under the previous adapter are stale
         self._active = adapter
 

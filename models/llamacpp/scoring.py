@@ -13,12 +13,12 @@ More continuations than the context has sequences are scored in groups over the 
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from castline.models.llamacpp.adapters import set_context_adapter
 from castline.models.token_trie import TokenTrie
 from castline.schemas.errors import ModelLoadError
 
@@ -59,11 +59,7 @@ class TrieScorer:
         """Run with the LoRA ``pointer`` (None: none); ``key`` names it so the cache is never reused."""
         if key == self.adapter:
             return
-        chosen = [pointer] if pointer is not None else []
-        array = (self.lib.llama_adapter_lora_p_ctypes * max(1, len(chosen)))(*chosen)
-        scales = (ctypes.c_float * max(1, len(chosen)))(*([1.0] * len(chosen)))
-        if self.lib.llama_set_adapters_lora(self.ctx, array, len(chosen), scales):
-            raise ModelLoadError("llama.cpp could not set the adapter on the scoring context")
+        set_context_adapter(self.lib, self.ctx, pointer)
         self.lib.llama_memory_seq_rm(self.memory, -1, -1, -1)
         self.tokens, self.adapter = [], key
 
