@@ -61,11 +61,12 @@ class Chain(Runnable[Any, Output], ABC):
     # -- input ---------------------------------------------------------------------------------
 
     def _coerce_input(self, value: Any) -> dict[str, Any]:
-        if isinstance(value, BaseModel):
-            value = value.model_dump()
-        elif isinstance(value, PromptValue):
-            # Output of a langchain-core prompt upstream: its text is the chain's one input field.
+        # Prompt values are Pydantic objects too: recognise them first. The text of a langchain-core
+        # prompt upstream (string or chat) fills the chain's one input field.
+        if isinstance(value, PromptValue):
             value = value.to_string()
+        elif isinstance(value, BaseModel):
+            value = value.model_dump()
         if isinstance(value, str) and len(self.input_model.model_fields) == 1:
             value = {next(iter(self.input_model.model_fields)): value}
         if not isinstance(value, Mapping):

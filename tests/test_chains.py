@@ -178,3 +178,15 @@ def test_input_and_output_schemas_are_exposed(tiny_model):
     chain = StructuredChain(Record, model=tiny_model)
     assert chain.get_input_schema().model_json_schema()["required"] == ["text"]
     assert chain.OutputType is Record
+
+
+def test_langchain_chat_prompt_fills_the_single_input_field():
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from castline.models import FakeEngine
+
+    fake = FakeEngine()
+    prompt = ChatPromptTemplate.from_messages([("system", "Sort mail."), ("human", "{mail}")])
+    chain = prompt | StructuredChain(Literal["spam", "ham"], model=fake)
+    assert chain.invoke({"mail": "WIN A PRIZE"}) in ("spam", "ham")
+    assert "WIN A PRIZE" in fake.requests[-1].prompt.text
