@@ -42,9 +42,10 @@ from castline.models.protocol import (
     SpanConstraint,
     SpanMatch,
     format_with_literals,
+    prompt_too_long,
 )
 from castline.prompts.templates import Message
-from castline.schemas.errors import CastlineError, InvalidInputError
+from castline.schemas.errors import CastlineError
 from castline.schemas.output_types import OutputSpec
 
 EOS = 256
@@ -106,8 +107,9 @@ class FakeEngine(Engine):
         for request in requests:
             self.check_adapter(request.adapter)
             self.requests.append(request)
-            if self.prompt_length(request.prompt) + request.max_new_tokens > self.max_context:
-                results.append(InvalidInputError("the prompt and its output do not fit the fake's context"))
+            length = self.prompt_length(request.prompt)
+            if length + request.max_new_tokens > self.max_context:
+                results.append(prompt_too_long(length, request.max_new_tokens, self.max_context))
                 continue
             scripted = self._scripted(request)
             if isinstance(request.constraint, SpanConstraint):
