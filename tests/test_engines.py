@@ -352,7 +352,7 @@ def test_both_engines_read_the_same_token_bytes(real_model, llamacpp_model, gemm
     """transformers' tokenizer and llama.cpp's vocabulary give every token the same bytes."""
     from transformers import AutoTokenizer
 
-    from castline.models.transformers.vocabulary import token_table
+    from castline.models.hf_tokenizer import token_table
 
     assert real_model.token_table.pieces == llamacpp_model.token_table.pieces
     path = gemma_llamacpp.llm.model_path

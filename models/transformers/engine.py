@@ -17,7 +17,6 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +34,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from castline.models.decoding import Cursor, TokenTable
+from castline.models.decoding import Cursor
+from castline.models.hf_tokenizer import HFTokenizerText
 from castline.models.loading import pick_dtype, resolve_source, weights_dir
 from castline.models.protocol import (
     AdapterInfo,
@@ -45,16 +45,11 @@ from castline.models.protocol import (
     Generation,
     GenerationRequest,
     Prompt,
-    SpanConstraint,
     SpanMatch,
     check_real_models_allowed,
-    format_with_literals,
-    plain_chat_text,
     prompt_too_long,
 )
-from castline.prompts.templates import Message
 from castline.schemas.errors import CastlineError, ModelLoadError, OutputTypeError
-from castline.schemas.output_types import OutputSpec
 
 # Model loading is serialised process-wide: concurrent from_pretrained calls have left tied output
 # heads on the meta device (garbage logits while constrained outputs still validate).
@@ -62,7 +57,7 @@ _LOAD_LOCK = threading.Lock()
 GENERATE_ROWS = 16  # rows per generate call; a 16-row batch ran 2.7x faster than 16 calls (make bench)
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(HFTokenizerText, Engine):
     """A decoder model and its tokenizer, loaded in this process.
 
     >>> engine = load_model(engine="transformers")      # the embedded SmolLM2-135M-Instruct
@@ -88,8 +83,6 @@ class TransformersEngine(Engine):
         self._peft_configs: dict[str, Any] = {}
         self._active: str | None = None
         self._scoring_prefix: Any = None  # scoring's shared-prefix KV cache, reused across calls
-        # Texts the tokenizer turns into one added (often control) token wherever they appear.
-        self._added_texts = [t.content for t in tokenizer.added_tokens_decoder.values() if t.content]
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -101,63 +94,8 @@ class TransformersEngine(Engine):
     def dtype(self) -> torch.dtype:
         return self.hf_model.dtype
 
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
     def __repr__(self) -> str:
         return f"TransformersEngine({self.name!r}, device={self.device}, dtype={self.dtype})"
-
-    # -- prompts and tokens --------------------------------------------------------------------
-
-    def chat_prompt(self, messages: Sequence[Message]) -> Prompt:
-        if self.tokenizer.chat_template is None:
-            text = plain_chat_text(messages)
-        else:
-            text = str(
-                self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-            )
-        return format_with_literals(text, messages)
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        encoded = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
-        )
-        return [tuple(o) for o in encoded["offset_mapping"]]
-
-    def encode_prompt(self, prompt: Prompt | str) -> list[int]:
-        """Token ids of ``prompt``; its literal pieces never become control tokens."""
-        if isinstance(prompt, str):
-            prompt = Prompt(prompt)
-        pieces = prompt.pieces()
-        if not any(lit and self._spells_added_token(text) for text, lit in pieces):
-            # The common case: one pass over the whole text, exactly as the model was trained.
-            return list(self.tokenizer(prompt.text, add_special_tokens=False).input_ids)
-        ids: list[int] = []
-        for text, literal in pieces:
-            ids += self.tokenizer(text, add_special_tokens=False, split_special_tokens=literal).input_ids
-        return ids
-
-    def _spells_added_token(self, text: str) -> bool:
-        return any(token in text for token in self._added_texts)
-
-    def prompt_length(self, prompt: Prompt) -> int:
-        return len(self.encode_prompt(prompt))
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of plain ``text`` (a continuation or a training target)."""
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
-
-    # -- constraints ---------------------------------------------------------------------------
-
-    @cached_property
-    def token_table(self) -> TokenTable:
-        from castline.models.transformers.vocabulary import token_table
-
-        return token_table(self.tokenizer)
-
-    def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
-        self.token_table.prepare(constraint)
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -324,9 +262,7 @@ class TransformersEngine(Engine):
         from castline.models.transformers.scoring import score_candidates
 
         self.check_adapter(adapter)
-        sequences = [
-            [*self.encode_text(c.text), *([self.eos_id] if c.end_of_turn else [])] for c in continuations
-        ]
+        sequences = [self.continuation_ids(c.text, c.end_of_turn) for c in continuations]
         trie = TokenTrie.build(sequences)
         with self.using(adapter):
             scores = score_candidates(self, [self.encode_prompt(p) for p in prompts], trie)
