@@ -26,6 +26,7 @@ _EXPORTS = {
     "FakeEngine": "castline.models",
     "TransformersEngine": "castline.models",
     "LlamaCppEngine": "castline.models",
+    "ServerEngine": "castline.models",
     "block_real_models": "castline.models",
     "PromptTemplate": "castline.prompts",
     "GenerationSettings": "castline.schemas",

@@ -27,6 +27,7 @@ _LAZY = {
     "FakeEngine": "castline.models.fake",
     "TransformersEngine": "castline.models.transformers",
     "LlamaCppEngine": "castline.models.llamacpp",
+    "ServerEngine": "castline.models.server",
 }
 
 __all__ = [

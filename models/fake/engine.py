@@ -56,7 +56,7 @@ class FakeEngine(Engine):
     """An engine without a model; see the module docstring."""
 
     engine_name: ClassVar[str] = "fake"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    capabilities: frozenset[Capability] = frozenset(
         {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS}
     )
 

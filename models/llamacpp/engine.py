@@ -64,7 +64,7 @@ class LlamaCppEngine(Engine):
     """
 
     engine_name: ClassVar[str] = "llamacpp"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    capabilities: frozenset[Capability] = frozenset(
         {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS}
     )
 

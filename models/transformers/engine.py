@@ -65,7 +65,7 @@ class TransformersEngine(HFTokenizerText, Engine):
     """
 
     engine_name: ClassVar[str] = "transformers"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    capabilities: frozenset[Capability] = frozenset(Capability)
 
     def __init__(self, hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "custom"):
         super().__init__()
