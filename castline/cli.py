@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--engine",
-            choices=["transformers", "llamacpp"],
+            choices=["transformers", "llamacpp", "openai"],
             default=None,
             help="the engine that runs the model (default: $CASTLINE_ENGINE, else transformers; "
-            "train needs transformers)",
+            "train needs transformers; openai: a vLLM server at --base-url serving --model)",
         )
         sub.add_argument("--limit", type=int, help="use the first N examples")
         sub.add_argument("--sample", type=int, help="use a seeded random sample of N examples")
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--few-shot", type=int, default=0, metavar="K", help="few-shot examples drawn from the data"
     )
     ev.add_argument("--adapter", type=Path, help="evaluate with a trained adapter directory")
+    ev.add_argument(
+        "--base-url", help="--engine openai: the server's URL (default: $CASTLINE_BASE_URL); API key from "
+        "$CASTLINE_API_KEY"
+    )
+    ev.add_argument("--served-model", help="--engine openai: the served model name (default: the only one)")
     tr.add_argument("--out", type=Path, required=True, help="directory to write the adapter to")
     tr.add_argument("--eval", type=Path, help="labeled file evaluated after training (same format)")
     tr.add_argument("--rank", type=int, default=16)
@@ -118,9 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_evaluate(args: argparse.Namespace) -> Any:
     from castline.evaluation.evaluate import evaluate
     from castline.models import load_model
+    from castline.models.loading import default_engine
 
     data, shots = _load(args)
-    model = load_model(args.model, engine=args.engine)
+    server = {"base_url": args.base_url, "model": args.served_model}
+    if (args.engine or default_engine()) != "openai" and any(server.values()):
+        raise UserError("--base-url and --served-model go with --engine openai")
+    options = {k: v for k, v in server.items() if v is not None}
+    model = load_model(args.model, engine=args.engine, **options)
     chain = _chain(args, model, data, shots)
     if args.adapter:
         chain.use_adapter(args.adapter)

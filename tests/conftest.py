@@ -70,6 +70,20 @@ def gemma_llamacpp():
 
 
 @pytest.fixture(scope="session")
+def embedded_adapter(real_model, tmp_path_factory):
+    """A one-step adapter on the embedded model, trained and saved by the transformers engine."""
+    from castline.chains import Classify
+    from castline.models.transformers.adapters import LoraSettings
+
+    chain = Classify(["spam", "ham"], model=real_model, template="classify_short")
+    rows = [({"text": "WIN a free prize now"}, "spam"), ({"text": "see you at lunch"}, "ham")]
+    settings = LoraSettings(rank=8, epochs=1, batch_size=2, eval_fraction=0, learning_rate=1e-2)
+    directory = tmp_path_factory.mktemp("adapter") / "spam"
+    chain.fine_tune(rows, settings=settings, save_to=directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def vllm_server(default_model_dir, tmp_path_factory):
     """A real vLLM server on the embedded model (CPU build, own virtualenv), for the session."""
     import subprocess

@@ -322,19 +322,6 @@ def test_missing_capability_fails_when_the_chain_is_built(tmp_path):
         Classify(["a", "b"], model=FakeEngine()).fine_tune([({"text": "x"}, "a")])
 
 
-@pytest.fixture(scope="session")
-def embedded_adapter(real_model, tmp_path_factory):
-    """A one-step adapter on the embedded model, trained and saved by the transformers engine."""
-    from castline.models.transformers.adapters import LoraSettings
-
-    chain = Classify(["spam", "ham"], model=real_model, template="classify_short")
-    rows = [({"text": "WIN a free prize now"}, "spam"), ({"text": "see you at lunch"}, "ham")]
-    settings = LoraSettings(rank=8, epochs=1, batch_size=2, eval_fraction=0, learning_rate=1e-2)
-    directory = tmp_path_factory.mktemp("adapter") / "spam"
-    chain.fine_tune(rows, settings=settings, save_to=directory)
-    return directory
-
-
 @pytest.mark.real_model
 def test_llamacpp_runs_adapters_trained_by_transformers(real_model, llamacpp_model, embedded_adapter):
     """Converted to GGUF LoRA, the adapter gives the transformers engine's log-probs (within the
