@@ -11,6 +11,7 @@ import json
 from typing import Literal
 
 import httpx
+import numpy as np
 import pytest
 
 from castline.chains import Classify, RecognizeEntities, StructuredChain
@@ -25,6 +26,7 @@ from castline.schemas import (
     OutputTypeError,
     Regex,
     ServerError,
+    output_spec,
 )
 
 # -- the HTTP client -------------------------------------------------------------------------------
@@ -120,6 +122,8 @@ class ScriptedServer:
         self.reply = reply
         self.plugin = plugin
         self.headers: list[httpx.Headers] = []
+        self.adapters: set[str] = set()  # loaded at run time; a restart forgets them
+        self.adapter_loads = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.headers.append(request.headers)
@@ -129,6 +133,14 @@ class ScriptedServer:
                 200, json={"data": [{"id": "smollm2", "parent": None, "max_model_len": 2048}]}
             )
         body = json.loads(request.content)
+        if path == "/v1/load_lora_adapter":
+            self.adapters.add(body["lora_name"])
+            self.adapter_loads += 1
+            return httpx.Response(200, text="Success")
+        if body.get("model", "smollm2") not in {"smollm2", *self.adapters}:
+            return httpx.Response(
+                404, json={"error": {"message": f"The model `{body['model']}` does not exist."}}
+            )
         if path == "/tokenize":
             text = self.tokenizer.apply_chat_template(
                 body["messages"], add_generation_prompt=True, tokenize=False
@@ -203,6 +215,24 @@ def test_a_label_the_server_did_not_constrain_is_an_error(tokenizer):
     engine.client = client_with(ScriptedServer(tokenizer, honours_constraints=False, reply="maybe"))
     chain = StructuredChain(Literal["yes", "no"], model=engine)
     assert isinstance(chain.batch(["Is it?"], return_exceptions=True)[0], ModelOutputError)
+
+
+def test_adapters_a_restarted_server_forgot_are_loaded_again(tokenizer, tmp_path):
+    from safetensors.numpy import save_file
+
+    scripted = ScriptedServer(tokenizer)
+    engine = connect(scripted)
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    save_file({key: np.ones((8, 576), np.float32)}, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (folder / "castline.json").write_text(json.dumps({"base_model": engine.name}))
+    name = engine.load_adapter(folder).name
+    scripted.adapters.clear()  # the server restarted
+    prompt = engine.chat_prompt([{"role": "user", "content": "a or b?"}])
+    [result] = engine.generate([GenerationRequest(prompt, output_spec(Literal["a", "b"]), adapter=name)])
+    assert result.text == "a" and scripted.adapter_loads == 2
 
 
 def test_the_api_key_is_sent_but_never_shown(tokenizer, monkeypatch):

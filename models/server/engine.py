@@ -126,7 +126,7 @@ class ServerEngine(HFTokenizerText, Engine):
                 continue
             payloads.append(self._completion(ids, request, fields))
             sent.append(i)
-        for i, answer in zip(sent, self.client.post_many("/v1/completions", payloads), strict=True):
+        for i, answer in zip(sent, self._complete(payloads), strict=True):
             results[i] = answer if isinstance(answer, CastlineError) else self._finish(answer, requests[i])
         assert all(r is not None for r in results)  # every request got a generation or its error
         return results  # type: ignore[return-value]
@@ -149,6 +149,29 @@ class ServerEngine(HFTokenizerText, Engine):
         if settings.seed is not None:
             payload["seed"] = settings.seed
         return payload
+
+    def _complete(self, payloads: list[dict[str, Any]]) -> list[Any | CastlineError]:
+        """Send completions; requests for an adapter the server lost are sent again after reloading it.
+
+        A restarted server has forgotten the adapters loaded at run time and answers 404 for them.
+        """
+        answers = self.client.post_many("/v1/completions", payloads)
+        lost = {
+            p["model"]
+            for p, a in zip(payloads, answers, strict=True)
+            if isinstance(a, ServerError) and a.status == 404 and p["model"] in self.adapters
+        }
+        if not lost:
+            return answers
+        for name in lost:
+            self._load_on_server(self.adapters[name])
+        again = [
+            k for k, p in enumerate(payloads) if p["model"] in lost and isinstance(answers[k], ServerError)
+        ]
+        resent = self.client.post_many("/v1/completions", [payloads[k] for k in again])
+        for k, answer in zip(again, resent, strict=True):
+            answers[k] = answer
+        return answers
 
     def _finish(self, answer: Any, request: GenerationRequest) -> Generation | CastlineError:
         try:
@@ -241,7 +264,7 @@ class ServerEngine(HFTokenizerText, Engine):
             for chunk in _chunks(nodes, MAX_LOGPROB_IDS)
         ]
         node_logprobs = [[0.0] * len(trie) for _ in starts]
-        answers = self.client.post_many("/v1/completions", [request for _, _, request in asks])
+        answers = self._complete([request for _, _, request in asks])
         for (i, chunk, _), answer in zip(asks, answers, strict=True):
             if isinstance(answer, CastlineError):
                 raise answer
@@ -270,7 +293,7 @@ class ServerEngine(HFTokenizerText, Engine):
             for start in starts
             for ending in endings
         ]
-        answers = iter(self.client.post_many("/v1/completions", payloads))
+        answers = iter(self._complete(payloads))
         return [
             [_continuation_logprob(next(answers), len(start), ending) for ending in endings]
             for start in starts
@@ -290,18 +313,22 @@ class ServerEngine(HFTokenizerText, Engine):
         if loaded is not None:
             return loaded
         _check_weights(files)
+        info = AdapterInfo(name, files.directory, files.content_hash, files.metadata)
+        self._load_on_server(info)
+        self.adapters[name] = info
+        return info
+
+    def _load_on_server(self, info: AdapterInfo) -> None:
+        assert info.path is not None
         answer = self.client.try_post(
-            "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(files.directory.resolve())}
+            "/v1/load_lora_adapter", {"lora_name": info.name, "lora_path": str(info.path.resolve())}
         )
         if isinstance(answer, ServerError) and not (answer.status == 400 and "already" in str(answer)):
             raise ModelLoadError(
-                f"the server did not load adapter {files.directory} as {name!r}: {answer}. It needs "
+                f"the server did not load adapter {info.path} as {info.name!r}: {answer}. It needs "
                 "--enable-lora (with --max-lora-rank ≥ the adapter's rank) and "
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and must see the folder at the same path"
             )
-        info = AdapterInfo(name, files.directory, files.content_hash, files.metadata)
-        self.adapters[name] = info
-        return info
 
 
 def _check_weights(files: Any) -> None:
