@@ -34,8 +34,14 @@ def vllm_command(
     max_model_len: int = 2048,
     lora: bool = True,
     span_plugin: bool = True,
+    block_size: int | None = 32,
 ) -> list[str]:
-    """The command line of a vLLM OpenAI-compatible server for castline."""
+    """The command line of a vLLM OpenAI-compatible server for castline.
+
+    ``block_size`` is the prefix cache's granularity. The CPU build's default of 128 recomputes up
+    to 127 cached prompt tokens for every label-trie request; 32 scored 6 labels 5x faster here
+    (16 does not start on CPU). None keeps vLLM's default.
+    """
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
@@ -48,6 +54,8 @@ def vllm_command(
         command += ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "4"]
     if span_plugin:
         command += ["--logits-processors", SPAN_PLUGIN]
+    if block_size is not None:
+        command += ["--block-size", str(block_size)]
     return command
 
 
