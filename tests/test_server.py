@@ -289,6 +289,21 @@ def test_label_probabilities_equal_in_process_ones(server_model, real_model):
 
 @pytest.mark.real_model
 @pytest.mark.server
+def test_entities_and_their_scores_equal_in_process_ones(server_model, real_model):
+    """The span plugin decodes what the in-process rule does; scores are read after its mask."""
+    texts = ["東京 and Zürich are cities; Rick and Morty 😂", "Grace Hopper worked at Harvard on the Mark I."]
+    on_server = RecognizeEntities(["person", "location"], model=server_model).batch(texts)
+    in_process = RecognizeEntities(["person", "location"], model=real_model).batch(texts)
+    assert any(result.entities for result in in_process)
+    for a, b in zip(on_server, in_process, strict=True):
+        assert [(e.text, e.label, e.start, e.end) for e in a.entities] == [
+            (e.text, e.label, e.start, e.end) for e in b.entities
+        ]
+        assert [e.score for e in a.entities] == pytest.approx([e.score for e in b.entities], abs=1e-3)
+
+
+@pytest.mark.real_model
+@pytest.mark.server
 def test_adapters_run_on_the_server_as_in_process(server_model, real_model, embedded_adapter):
     messages = [{"role": "user", "content": "Hello, are you free tomorrow?"}]
     labels = [Continuation("spam"), Continuation("ham"), Continuation("maybe later")]

@@ -25,9 +25,11 @@ Requests of a batch are in flight together (``ServerClient``), so the server bat
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from castline.models.adapter_files import already_loaded, check_finite, read_adapter_files
@@ -424,7 +426,7 @@ def load_server(
     try:
         served = _served_model(client, model)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        max_context = int(served.get("max_model_len") or getattr(tokenizer, "model_max_length", 2048))
+        max_context = _context_length(served, directory)
         engine = ServerEngine(
             client, served["id"], tokenizer, source_info.name, max_context, spans=False, scoring=scoring
         )
@@ -458,6 +460,17 @@ def _served_model(client: ServerClient, model: str | None) -> dict[str, Any]:
     raise ModelLoadError(
         f"{client.base_url} does not serve {model!r}; it serves {[m['id'] for m in entries]}"
     )
+
+
+def _context_length(served: dict[str, Any], directory: Any) -> int:
+    """The server's context (vLLM lists it), else the model config's."""
+    if isinstance(served.get("max_model_len"), int):
+        return int(served["max_model_len"])
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+        return int(config["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 2048
 
 
 def _check_tokenizer(engine: ServerEngine) -> None:

@@ -49,6 +49,9 @@ def vllm_command(
         "--dtype", dtype,
         "--max-model-len", str(max_model_len),
         "--port", str(port),
+        # Chosen tokens' log-probs after the span plugin's mask, as the in-process engines report
+        # them (vLLM's default reads them before logits processors).
+        "--logprobs-mode", "processed_logprobs",
     ]  # fmt: skip
     if lora:
         command += ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "4"]
