@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--adapter", type=Path, help="evaluate with a trained adapter directory")
     ev.add_argument(
-        "--base-url", help="--engine openai: the server's URL (default: $CASTLINE_BASE_URL); API key from "
-        "$CASTLINE_API_KEY"
+        "--base-url",
+        help="--engine openai: the server's URL (default: $CASTLINE_BASE_URL); API key from "
+        "$CASTLINE_API_KEY",
     )
     ev.add_argument("--served-model", help="--engine openai: the served model name (default: the only one)")
     tr.add_argument("--out", type=Path, required=True, help="directory to write the adapter to")
@@ -125,13 +126,13 @@ def run_evaluate(args: argparse.Namespace) -> Any:
     from castline.models import load_model
     from castline.models.loading import default_engine
 
-    data, shots = _load(args)
+    data, shots, every = _load(args)
     server = {"base_url": args.base_url, "model": args.served_model}
     if (args.engine or default_engine()) != "openai" and any(server.values()):
         raise UserError("--base-url and --served-model go with --engine openai")
     options = {k: v for k, v in server.items() if v is not None}
     model = load_model(args.model, engine=args.engine, **options)
-    chain = _chain(args, model, data, shots)
+    chain = _chain(args, model, every, shots)
     if args.adapter:
         chain.use_adapter(args.adapter)
     return evaluate(chain, data, args.batch_size)
@@ -143,7 +144,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from castline.models.transformers.adapters import LoraSettings
 
     args.few_shot = 0
-    data, _ = _load(args)
+    data, _, every = _load(args)
     held_out = _read(args.task, args.eval, args) if args.eval else None
     settings = LoraSettings(
         rank=args.rank,
@@ -156,7 +157,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
     )
     chain = _chain(
-        args, load_model(args.model, engine=args.engine or "transformers"), data + (held_out or []), []
+        args, load_model(args.model, engine=args.engine or "transformers"), every + (held_out or []), []
     )
     report = chain.fine_tune(
         [_pair(args.task, x) for x in data], settings=settings, save_to=args.out, evaluate_on=held_out
@@ -198,9 +199,12 @@ def _read(task: str, path: Path, args: argparse.Namespace) -> list[Any]:
     return read_jsonl(path)
 
 
-def _load(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
-    """The evaluation records and the few-shot records drawn from them (never both)."""
+def _load(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
+    """The records to use (after --limit/--sample), the few-shot records (never among them), and
+    every record of the file: the label set comes from all of it, never from the sample, which
+    would leave out labels and make the task look easier than it is."""
     records = _read(args.task, args.data, args)
+    every = list(records)
     shots: list[Any] = []
     if args.few_shot:
         rng = random.Random(args.seed)
@@ -213,10 +217,11 @@ def _load(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
         chosen = set(shots)
         shots = [records[i] for i in sorted(chosen)]
         records = [r for i, r in enumerate(records) if i not in chosen]
-    return select(records, args.limit, args.sample, args.seed), shots
+    return select(records, args.limit, args.sample, args.seed), shots, every
 
 
 def _chain(args: argparse.Namespace, model: Any, data: list[Any], shots: list[Any]) -> Any:
+    """The task chain; label sets and entity types come from ``data`` (the whole file) and ``shots``."""
     given = [x.strip() for x in args.labels.split(",")] if args.labels else None
     if args.task == "classify":
         from castline.chains.classify import Classify

@@ -7,6 +7,7 @@ and the problem; nothing is skipped silently.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Sequence
@@ -56,8 +57,10 @@ def read_labeled_csv(
     """A CSV (or TSV, by extension or sniffing) with a header naming the text and label columns."""
     path = Path(path)
     raw = _read_text(path)
-    delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} or "\t" in raw.splitlines()[0] else ","
-    reader = csv.DictReader(raw.splitlines(), delimiter=delimiter)
+    first_line = raw.split("\n", 1)[0]
+    delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} or "\t" in first_line else ","
+    # The reader gets the text as one stream: a quoted field may hold line breaks.
+    reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter)
     columns = reader.fieldnames or []
     for column in (text_column, label_column):
         if column not in columns:
@@ -65,10 +68,10 @@ def read_labeled_csv(
                 f"{path}: line 1: no column {column!r} in the header {columns}; name it with an option"
             )
     rows = []
-    for line_no, row in enumerate(reader, start=2):
+    for row in reader:
         text, label = row.get(text_column), row.get(label_column)
         if not text or not label:
-            raise DataError(f"{path}: line {line_no}: empty {text_column!r} or {label_column!r}")
+            raise DataError(f"{path}: line {reader.line_num}: empty {text_column!r} or {label_column!r}")
         rows.append(LabeledText(text, label.strip()))
     if not rows:
         raise DataError(f"{path}: no rows after the header")

@@ -67,6 +67,30 @@ def test_csv_reader_checks_columns_and_empty_cells(tmp_path):
     assert read_labeled_csv(tsv)[0].text == "hi there"
 
 
+def test_csv_fields_holding_line_breaks_are_read_whole(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"first line\nsecond line, with a comma",spam\nplain,ham\n', newline="")
+    rows = read_labeled_csv(path)
+    assert [(r.text, r.label) for r in rows] == [
+        ("first line\nsecond line, with a comma", "spam"),
+        ("plain", "ham"),
+    ]
+
+
+def test_the_label_set_comes_from_the_whole_file_not_the_sample(tmp_path):
+    """A 2-item sample of a 5-label file is still a 5-way task (a smaller set inflates accuracy)."""
+    from castline.cli import _chain, _load, build_parser
+    from castline.models import FakeEngine
+
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},label{i % 5}\n" for i in range(20)))
+    args = build_parser().parse_args(["evaluate", "classify", str(path), "--sample", "2", "--few-shot", "1"])
+    data, shots, every = _load(args)
+    assert len(data) == 2 and len(every) == 20
+    chain = _chain(args, FakeEngine(), every, shots)
+    assert chain.labels.names == tuple(f"label{i}" for i in range(5))
+
+
 def test_squad_reader_checks_offsets_and_understands_v2(tmp_path):
     data = {
         "data": [
