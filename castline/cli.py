@@ -8,7 +8,8 @@
     castline evaluate classify test.csv --adapter adapters/intents
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object with ``n``
-and the task's metrics. Few-shot examples (``--few-shot K``: K per label for classify, K in all
+and the task's metrics. Exit status: 0 done, 2 bad input (a file, an option, the data), 3 the
+model or its server failed. Few-shot examples (``--few-shot K``: K per label for classify, K in all
 otherwise) are drawn with ``--seed`` from the data and left out of the evaluation.
 """
 
@@ -37,12 +38,17 @@ from castline.evaluation.readers import (
 from castline.schemas.errors import CastlineError, DataError, UserError
 
 TASKS = ("classify", "ner", "qa", "extract")
+EXIT_BAD_INPUT = 2  # as argparse's usage errors
+EXIT_MODEL_FAILURE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="castline", description="Typed results from a local language model."
     )
+    from castline import __version__
+
+    parser.add_argument("--version", action="version", version=f"castline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     ev = commands.add_parser("evaluate", help="evaluate a task chain on a labeled file")
     tr = commands.add_parser("train", help="train a LoRA adapter for a task chain from a labeled file")
@@ -67,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--labels", help="comma-separated label set / entity types (default: from the data)")
         sub.add_argument("--text-column", default="text")
         sub.add_argument("--label-column", default="label")
+        sub.add_argument(
+            "--columns", help="classify: comma-separated column names of a file without a header (label,text)"
+        )
         sub.add_argument("--no-calibration", action="store_true", help="classify: turn calibration off")
         sub.add_argument(
             "--allow-no-answer", action="store_true", help="qa: allow an explicit no-answer outcome"
@@ -104,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result) if args.json else f"adapter written to {args.out}: {result}")
             return 0
         report = run_evaluate(args)
-    except CastlineError as exc:
+    except UserError as exc:  # the command, a file or an option is wrong: change it and rerun
         print(f"castline: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except CastlineError as exc:  # the model or its server failed
+        print(f"castline: error: {exc}", file=sys.stderr)
+        return EXIT_MODEL_FAILURE
     if args.json:
         summary = {
             "task": report.task,
@@ -191,7 +203,8 @@ def _pair(task: str, record: Any) -> tuple[dict[str, Any], Any]:
 
 def _read(task: str, path: Path, args: argparse.Namespace) -> list[Any]:
     if task == "classify":
-        return read_labeled_csv(path, args.text_column, args.label_column)
+        columns = [c.strip() for c in args.columns.split(",")] if getattr(args, "columns", None) else None
+        return read_labeled_csv(path, args.text_column, args.label_column, columns)
     if task == "ner":
         return read_conll(path)
     if task == "qa":

@@ -52,15 +52,26 @@ class ExtractionExample:
 
 
 def read_labeled_csv(
-    path: str | Path, text_column: str = "text", label_column: str = "label"
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    columns: Sequence[str] | None = None,
 ) -> list[LabeledText]:
-    """A CSV (or TSV, by extension or sniffing) with a header naming the text and label columns."""
+    """A CSV (or TSV, by extension or sniffing) with a header naming the text and label columns.
+
+    ``columns`` names the columns of a file without a header (the SMS Spam Collection is
+    ``label<TAB>text``).
+    """
     path = Path(path)
     raw = _read_text(path)
     first_line = raw.split("\n", 1)[0]
     delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} or "\t" in first_line else ","
-    # The reader gets the text as one stream: a quoted field may hold line breaks.
-    reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter)
+    # The reader gets the text as one stream: a quoted field may hold line breaks. A headerless
+    # TSV is read without quoting: its texts hold bare quote characters.
+    quoting = csv.QUOTE_NONE if columns and delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(
+        io.StringIO(raw, newline=""), fieldnames=columns or None, delimiter=delimiter, quoting=quoting
+    )
     columns = reader.fieldnames or []
     for column in (text_column, label_column):
         if column not in columns:

@@ -77,7 +77,7 @@ def resolve_source(source: str | os.PathLike[str] | None) -> ModelSource:
             raise ModelNotFoundError(
                 f"{text!r} looks like a Hugging Face Hub id, but castline loads local models only "
                 "and does not download. Download it where there is network "
-                f"(`huggingface-cli download {text} --local-dir DIR`) and pass DIR"
+                f"(`hf download {text} --local-dir DIR`) and pass DIR"
             )
         raise ModelNotFoundError(f"model path {path} does not exist")
     if path.is_file():

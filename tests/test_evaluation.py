@@ -77,6 +77,33 @@ def test_csv_fields_holding_line_breaks_are_read_whole(tmp_path):
     ]
 
 
+def test_headerless_tsv_with_named_columns(tmp_path):
+    """The SMS Spam Collection's layout: label<TAB>text, no header, bare quotes in texts."""
+    path = tmp_path / "SMSSpamCollection.tsv"
+    path.write_text('ham\tGo until "jurong" point\nspam\tWIN a prize, call now\n')
+    rows = read_labeled_csv(path, columns=["label", "text"])
+    assert [(r.label, r.text) for r in rows] == [
+        ("ham", 'Go until "jurong" point'),
+        ("spam", "WIN a prize, call now"),
+    ]
+
+
+def test_exit_status_tells_bad_input_from_model_failure(tmp_path, monkeypatch, capsys):
+    import castline.cli as cli
+    from castline.schemas import ServerError
+
+    assert main(["evaluate", "classify", str(tmp_path / "missing.csv")]) == cli.EXIT_BAD_INPUT
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nhi,a\nbye,b\n")
+
+    def server_down(args):
+        raise ServerError("cannot reach http://gpu-box:8000")
+
+    monkeypatch.setattr(cli, "run_evaluate", server_down)
+    assert main(["evaluate", "classify", str(path)]) == cli.EXIT_MODEL_FAILURE
+    assert "cannot reach" in capsys.readouterr().err
+
+
 def test_the_label_set_comes_from_the_whole_file_not_the_sample(tmp_path):
     """A 2-item sample of a 5-label file is still a 5-way task (a smaller set inflates accuracy)."""
     from castline.cli import _chain, _load, build_parser
