@@ -3,7 +3,9 @@
 A chain turns a batch of inputs into a batch of typed outputs in one model call
 (``_run_batch``). ``invoke`` is a batch of one; ``batch`` is one batched model call, not a thread
 pool of single calls; ``ainvoke``/``abatch`` run those off the event loop. Composition (``|``),
-``bind``, ``with_retry``, ``with_fallbacks`` and callbacks come from langchain-core.
+``bind``, ``with_retry``, ``with_fallbacks`` and callbacks come from langchain-core. Concurrent
+``ainvoke`` calls are coalesced into one batch (``castline.chains.coalescing``), and
+``max_concurrency`` in the config bounds how many inputs one model call takes.
 
 Per-call generation settings are keyword arguments: ``chain.invoke(x, max_new_tokens=64)``,
 or bound once with ``chain.bind(temperature=0.7, seed=1)``.
@@ -11,7 +13,9 @@ or bound once with ``chain.bind(temperature=0.7, seed=1)``.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -23,6 +27,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ValidationError
 
+from castline.chains.coalescing import MicroBatcher
 from castline.models.protocol import (
     Capability,
     Constraint,
@@ -51,6 +56,9 @@ class Chain(Runnable[Any, Output], ABC):
     settings: GenerationSettings
     input_model: type[BaseModel]
     adapter: str | None = None  # the LoRA adapter this chain runs with (None: the base model)
+    # Concurrent ainvoke calls arriving within this many seconds (or while a batch runs) share one
+    # batched model call; None runs each on its own.
+    coalesce_window: float | None = 0.005
 
     @abstractmethod
     def _run_batch(
@@ -235,7 +243,12 @@ class Chain(Runnable[Any, Output], ABC):
                         raise
                     coerced.append(exc)
             valid = [c for c in coerced if not isinstance(c, Exception)]
-            results = iter(self._run_batch(valid, settings) if valid else [])
+            # max_concurrency bounds how many inputs go to the model at once.
+            step = max(1, _max_concurrency(config) or len(valid) or 1)
+            done: list[Output | Exception] = []
+            for start in range(0, len(valid), step):
+                done += self._run_batch(valid[start : start + step], settings)
+            results = iter(done)
             out = [c if isinstance(c, Exception) else next(results) for c in coerced]
             if not return_exceptions:
                 for item in out:
@@ -261,7 +274,31 @@ class Chain(Runnable[Any, Output], ABC):
         )
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
-        return await run_in_executor(config, lambda: self.invoke(input, config, **kwargs))
+        """Concurrent calls with the same settings run as one batch (``coalesce_window``)."""
+        if self.coalesce_window is None:
+            return await run_in_executor(config, lambda: self.invoke(input, config, **kwargs))
+        batcher = self._batcher(self._settings_for(kwargs))
+
+        async def run_one(value: Any) -> Output:
+            result: Output = await batcher.submit(self._coerce_input(value))
+            return result
+
+        return await self._acall_with_config(run_one, input, config)
+
+    def _batcher(self, settings: GenerationSettings) -> MicroBatcher:
+        """This event loop's batcher for ``settings`` (calls with other settings never mix)."""
+        loop = asyncio.get_running_loop()
+        per_loop = self.__dict__.setdefault("_batchers", weakref.WeakKeyDictionary())
+        batchers = per_loop.setdefault(loop, {})
+        if settings not in batchers:
+            window = self.coalesce_window or 0.0
+            batchers[settings] = MicroBatcher(lambda items: self._run_batch(items, settings), window)
+        return batchers[settings]
+
+
+def _max_concurrency(config: RunnableConfig | list[RunnableConfig] | None) -> int | None:
+    first = config[0] if isinstance(config, list) and config else config
+    return first.get("max_concurrency") if isinstance(first, dict) else None
 
 
 def _check_unicode(value: Any, where: str, chain: str) -> None:

@@ -12,6 +12,7 @@ from langchain_core.runnables import RunnableLambda
 from pydantic import BaseModel, Field
 
 from castline.chains import StructuredChain
+from castline.models import FakeEngine
 from castline.prompts import PromptTemplate
 from castline.schemas import (
     InvalidInputError,
@@ -130,6 +131,55 @@ def test_async_invoke_and_batch(tiny_model):
     chain = StructuredChain(Regex(r"[a-z]{1,8}"), model=tiny_model)
     assert asyncio.run(chain.ainvoke(TEXTS[0])) == chain.invoke(TEXTS[0])
     assert asyncio.run(chain.abatch(TEXTS[:3])) == chain.batch(TEXTS[:3])
+
+
+class CountingEngine(FakeEngine):
+    """A fake that records the size of every generate call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def generate(self, requests):
+        self.calls.append(len(requests))
+        return super().generate(requests)
+
+
+def test_concurrent_ainvoke_calls_share_one_model_call():
+    engine = CountingEngine()
+    chain = StructuredChain(Literal["a", "b"], model=engine)
+
+    async def eight():
+        return await asyncio.gather(*(chain.ainvoke(f"text {i}") for i in range(8)))
+
+    assert all(r in ("a", "b") for r in asyncio.run(eight()))
+    assert engine.calls == [8]
+
+    async def one_bad():
+        return await asyncio.gather(chain.ainvoke("fine"), chain.ainvoke(None), return_exceptions=True)
+
+    good, bad = asyncio.run(one_bad())
+    assert good in ("a", "b") and isinstance(bad, InvalidInputError)  # the bad call fails alone
+
+    async def other_settings():
+        return await asyncio.gather(
+            chain.ainvoke("x", max_new_tokens=5), chain.ainvoke("y", max_new_tokens=6)
+        )
+
+    engine.calls.clear()
+    asyncio.run(other_settings())
+    assert engine.calls == [1, 1]  # different settings never share a call
+    chain.coalesce_window = None
+    engine.calls.clear()
+    asyncio.run(eight())
+    assert engine.calls == [1] * 8
+
+
+def test_max_concurrency_bounds_the_inputs_of_one_model_call():
+    engine = CountingEngine()
+    chain = StructuredChain(Literal["a", "b"], model=engine)
+    assert len(chain.batch([f"t{i}" for i in range(5)], config={"max_concurrency": 2})) == 5
+    assert engine.calls == [2, 2, 1]
 
 
 def test_bind_sets_per_call_settings(tiny_model):
