@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             **report.metrics,
             "errors": report.errors,
             "error_kinds": report.error_kinds,
+            "per_label": report.per_label,
         }
         print(json.dumps({**summary, "seconds": round(report.seconds, 2)}))
     else:

@@ -15,7 +15,15 @@ from typing import Any
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from castline.evaluation.metrics import accuracy, entity_prf, field_accuracy, macro_f1, squad_scores
+from castline.evaluation.metrics import (
+    accuracy,
+    entity_prf,
+    field_accuracy,
+    macro_f1,
+    per_label_prf,
+    per_type_prf,
+    squad_scores,
+)
 from castline.evaluation.readers import ExtractionExample, LabeledText, QAExample, TaggedSentence
 
 
@@ -30,13 +38,25 @@ class Report(BaseModel):
         default_factory=dict, description="errors by type, e.g. TruncatedOutputError"
     )
     seconds: float = Field(description="wall time of the run")
+    per_label: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="precision, recall, f1 and support of each label / entity type"
+    )
 
     def summary(self) -> str:
         figures = ", ".join(f"{k} {v:.3f}" for k, v in self.metrics.items())
         kinds = (
             f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.error_kinds.items()))})" if self.errors else ""
         )
-        return f"{self.task}: n={self.n}, {figures}, errors {self.errors}{kinds}, {self.seconds:.1f} s"
+        lines = [f"{self.task}: n={self.n}, {figures}, errors {self.errors}{kinds}, {self.seconds:.1f} s"]
+        if self.per_label:
+            width = max(len(label) for label in self.per_label)
+            lines.append(f"  {'':{width}}  precision  recall     f1  support")
+            for label, row in self.per_label.items():
+                lines.append(
+                    f"  {label:{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}"
+                    f"  {int(row['support']):7d}"
+                )
+        return "\n".join(lines)
 
 
 def run_batched(
@@ -53,7 +73,12 @@ def run_batched(
 
 
 def _report(
-    task: str, chain: Any, inputs: list[Any], batch_size: int, score: Callable[[list[Any]], dict[str, float]]
+    task: str,
+    chain: Any,
+    inputs: list[Any],
+    batch_size: int,
+    score: Callable[[list[Any]], dict[str, float]],
+    per_label: Callable[[list[Any]], dict[str, dict[str, float]]] | None = None,
 ) -> Report:
     """Run ``chain`` over ``inputs`` in batches (errors kept in place) and score the outputs."""
     started = time.perf_counter()
@@ -62,6 +87,7 @@ def _report(
         task=task,
         n=len(inputs),
         metrics=score(outputs),
+        per_label=per_label(outputs) if per_label else {},
         errors=sum(isinstance(o, Exception) for o in outputs),
         error_kinds=dict(Counter(type(o).__name__ for o in outputs if isinstance(o, Exception))),
         seconds=time.perf_counter() - started,
@@ -71,22 +97,40 @@ def _report(
 def evaluate_classify(chain: Any, data: Sequence[LabeledText], batch_size: int = 16) -> Report:
     gold, labels = [x.label for x in data], list(chain.labels.names)
 
-    def score(outputs: list[Any]) -> dict[str, float]:
-        predicted = ["" if isinstance(o, Exception) else o.label for o in outputs]
-        return {"accuracy": accuracy(gold, predicted), "macro_f1": macro_f1(gold, predicted, labels)}
+    def predicted(outputs: list[Any]) -> list[str]:
+        return ["" if isinstance(o, Exception) else o.label for o in outputs]
 
-    return _report("classify", chain, [{"text": x.text} for x in data], batch_size, score)
+    def score(outputs: list[Any]) -> dict[str, float]:
+        guesses = predicted(outputs)
+        return {"accuracy": accuracy(gold, guesses), "macro_f1": macro_f1(gold, guesses, labels)}
+
+    return _report(
+        "classify",
+        chain,
+        [{"text": x.text} for x in data],
+        batch_size,
+        score,
+        lambda outputs: per_label_prf(gold, predicted(outputs), labels),
+    )
 
 
 def evaluate_ner(chain: Any, data: Sequence[TaggedSentence], batch_size: int = 8) -> Report:
-    def score(outputs: list[Any]) -> dict[str, float]:
-        predicted = [
+    gold = [set(x.entities) for x in data]
+
+    def predicted(outputs: list[Any]) -> list[set[tuple[int, int, str]]]:
+        return [
             set() if isinstance(o, Exception) else {(e.start, e.end, e.label) for e in o.entities}
             for o in outputs
         ]
-        return entity_prf([set(x.entities) for x in data], predicted)
 
-    return _report("ner", chain, [{"text": x.text} for x in data], batch_size, score)
+    return _report(
+        "ner",
+        chain,
+        [{"text": x.text} for x in data],
+        batch_size,
+        lambda outputs: entity_prf(gold, predicted(outputs)),
+        lambda outputs: per_type_prf(gold, predicted(outputs)),
+    )
 
 
 def evaluate_qa(chain: Any, data: Sequence[QAExample], batch_size: int = 8) -> Report:

@@ -41,6 +41,41 @@ def entity_prf(
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def _prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": float(n_gold)}
+
+
+def per_label_prf(
+    gold: Sequence[str], predicted: Sequence[str], labels: Iterable[str]
+) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support (gold count) of every label, as spaCy's report lists them."""
+    pairs = list(zip(gold, predicted, strict=True))
+    return {
+        c: _prf(
+            sum(g == p == c for g, p in pairs), sum(p == c for _, p in pairs), sum(g == c for g, _ in pairs)
+        )
+        for c in sorted(labels)
+    }
+
+
+def per_type_prf(
+    gold: Sequence[Iterable[tuple[int, int, str]]], predicted: Sequence[Iterable[tuple[int, int, str]]]
+) -> dict[str, dict[str, float]]:
+    """Strict entity precision/recall/F1 and support of every entity type."""
+    counts: dict[str, list[int]] = {}  # type -> [hits, predicted, gold]
+    for g, p in zip(gold, predicted, strict=True):
+        gs, ps = set(g), set(p)
+        for entity in gs | ps:
+            row = counts.setdefault(entity[2], [0, 0, 0])
+            row[0] += entity in gs and entity in ps
+            row[1] += entity in ps
+            row[2] += entity in gs
+    return {label: _prf(*counts[label]) for label in sorted(counts)}
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
     text = text.lower()

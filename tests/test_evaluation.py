@@ -13,6 +13,8 @@ from castline.evaluation.metrics import (
     field_accuracy,
     macro_f1,
     normalize_answer,
+    per_label_prf,
+    per_type_prf,
     squad_scores,
 )
 from castline.evaluation.readers import (
@@ -177,6 +179,22 @@ def test_entity_prf_is_strict_on_span_and_type():
     scores = entity_prf(gold, pred)
     assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == 0.5
     assert scores["f1"] == pytest.approx(0.4)
+
+
+def test_per_label_and_per_type_reports():
+    rows = per_label_prf(["a", "a", "b", "c"], ["a", "b", "b", "b"], ["a", "b", "c"])
+    assert rows["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2.0}
+    assert rows["b"]["precision"] == pytest.approx(1 / 3) and rows["b"]["recall"] == 1.0
+    assert rows["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1.0}
+    types = per_type_prf(
+        [{(0, 3, "PER"), (10, 15, "LOC")}], [{(0, 3, "PER"), (10, 14, "LOC"), (20, 25, "ORG")}]
+    )
+    assert types["PER"]["f1"] == 1.0 and types["LOC"]["f1"] == 0.0 and types["LOC"]["support"] == 1.0
+    assert types["ORG"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0.0}
+    from castline.evaluation.evaluate import Report
+
+    report = Report(task="classify", n=4, metrics={"accuracy": 0.5}, seconds=1.0, per_label=rows)
+    assert report.summary().splitlines()[2].split() == ["a", "1.000", "0.500", "0.667", "2"]
 
 
 def test_squad_normalisation_and_scores():
