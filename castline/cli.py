@@ -6,6 +6,7 @@
     castline evaluate extract receipts.jsonl --schema myapp.schemas:Receipt --spans
     castline train classify train.csv --out adapters/intents --sample 800 --eval dev.csv --json
     castline evaluate classify test.csv --adapter adapters/intents
+    castline predict ner texts.txt --labels person,city --out entities.jsonl
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object with ``n``
 and the task's metrics. Exit status: 0 done, 2 bad input (a file, an option, the data), 3 the
@@ -52,10 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     ev = commands.add_parser("evaluate", help="evaluate a task chain on a labeled file")
     tr = commands.add_parser("train", help="train a LoRA adapter for a task chain from a labeled file")
-    for sub in (ev, tr):
+    pr = commands.add_parser("predict", help="run a task chain over unlabeled inputs and write JSONL")
+    for sub in (ev, tr, pr):
         sub.add_argument("task", choices=TASKS)
         sub.add_argument(
-            "data", type=Path, help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract)"
+            "data",
+            type=Path,
+            help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract); predict: JSONL of "
+            "input objects, or one text per line",
         )
         sub.add_argument(
             "--model", default=None, help="a local model directory or .gguf file (default: embedded)"
@@ -87,13 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--few-shot", type=int, default=0, metavar="K", help="few-shot examples drawn from the data"
     )
-    ev.add_argument("--adapter", type=Path, help="evaluate with a trained adapter directory")
-    ev.add_argument(
-        "--base-url",
-        help="--engine openai: the server's URL (default: $CASTLINE_BASE_URL); API key from "
-        "$CASTLINE_API_KEY",
-    )
-    ev.add_argument("--served-model", help="--engine openai: the served model name (default: the only one)")
+    for sub in (ev, pr):
+        sub.add_argument("--adapter", type=Path, help="run with a trained adapter directory")
+        sub.add_argument(
+            "--base-url",
+            help="--engine openai: the server's URL (default: $CASTLINE_BASE_URL); API key from "
+            "$CASTLINE_API_KEY",
+        )
+        sub.add_argument(
+            "--served-model", help="--engine openai: the served model name (default: the only one)"
+        )
+    pr.add_argument("--out", type=Path, help="the JSONL file to write (default: standard output)")
     tr.add_argument("--out", type=Path, required=True, help="directory to write the adapter to")
     tr.add_argument("--eval", type=Path, help="labeled file evaluated after training (same format)")
     tr.add_argument("--rank", type=int, default=16)
@@ -108,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "predict":
+            run_predict(args)
+            return 0
         if args.command == "train":
             result = run_train(args)
             print(json.dumps(result) if args.json else f"adapter written to {args.out}: {result}")
@@ -136,19 +148,54 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> Any:
     from castline.evaluation.evaluate import evaluate
-    from castline.models import load_model
-    from castline.models.loading import default_engine
 
     data, shots, every = _load(args)
-    server = {"base_url": args.base_url, "model": args.served_model}
-    if (args.engine or default_engine()) != "openai" and any(server.values()):
-        raise UserError("--base-url and --served-model go with --engine openai")
-    options = {k: v for k, v in server.items() if v is not None}
-    model = load_model(args.model, engine=args.engine, **options)
-    chain = _chain(args, model, every, shots)
+    chain = _chain(args, _model(args), every, shots)
     if args.adapter:
         chain.use_adapter(args.adapter)
     return evaluate(chain, data, args.batch_size)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """Write one JSON line per input: the result, or ``{"error": kind, "message": ...}``."""
+    from castline.evaluation.evaluate import run_batched
+    from castline.evaluation.readers import read_inputs
+
+    if args.task in ("classify", "ner") and not args.labels:
+        raise UserError(f"predict {args.task} needs the label set: --labels a,b,c")
+    inputs = select(read_inputs(args.data), args.limit, args.sample, args.seed)
+    chain = _chain(args, _model(args), [], [])
+    if args.adapter:
+        chain.use_adapter(args.adapter)
+    outputs = run_batched(
+        lambda xs: chain.batch(xs, return_exceptions=True), inputs, args.batch_size or 16, "predict"
+    )
+    lines = [json.dumps(_jsonable(o), ensure_ascii=False) for o in outputs]
+    text = "".join(line + "\n" for line in lines)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    failed = sum(isinstance(o, Exception) for o in outputs)
+    print(f"predict: {len(outputs)} inputs, {failed} errors", file=sys.stderr)
+
+
+def _jsonable(output: Any) -> Any:
+    if isinstance(output, Exception):
+        return {"error": type(output).__name__, "message": str(output)}
+    if isinstance(output, BaseModel):
+        return output.model_dump(mode="json")
+    return output
+
+
+def _model(args: argparse.Namespace) -> Any:
+    from castline.models import load_model
+    from castline.models.loading import default_engine
+
+    server = {"base_url": args.base_url, "model": args.served_model}
+    if (args.engine or default_engine()) != "openai" and any(server.values()):
+        raise UserError("--base-url and --served-model go with --engine openai")
+    return load_model(args.model, engine=args.engine, **{k: v for k, v in server.items() if v is not None})
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:

@@ -197,6 +197,30 @@ def read_jsonl(path: str | Path) -> list[ExtractionExample]:
     return examples
 
 
+def read_inputs(path: str | Path) -> list[dict[str, Any]]:
+    """Unlabeled inputs for ``castline predict``: JSONL objects (the chain's input fields), or one
+    text per non-empty line of any other file (``{"text": line}``)."""
+    path = Path(path)
+    lines = _read_text(path).splitlines()
+    if path.suffix.lower() != ".jsonl":
+        inputs = [{"text": line} for line in lines if line.strip()]
+    else:
+        inputs = []
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {line_no}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {line_no}: expected a JSON object of the chain's input fields")
+            inputs.append(record)
+    if not inputs:
+        raise DataError(f"{path}: no inputs found")
+    return inputs
+
+
 def select(items: list[T], limit: int | None = None, sample: int | None = None, seed: int = 0) -> list[T]:
     """The first ``limit`` items, or a seeded random ``sample`` of them (order kept)."""
     if sample is not None:

@@ -106,6 +106,25 @@ def test_exit_status_tells_bad_input_from_model_failure(tmp_path, monkeypatch, c
     assert "cannot reach" in capsys.readouterr().err
 
 
+def test_predict_writes_one_json_line_per_input(tmp_path, monkeypatch):
+    import castline.cli as cli
+    from castline.models import FakeEngine
+
+    monkeypatch.setattr(cli, "_model", lambda args: FakeEngine(outputs=["person:Ada"]))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Ada met Bob.\n\nAda again.\n")
+    out = tmp_path / "entities.jsonl"
+    assert main(["predict", "ner", str(texts), "--labels", "person", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["text"] for x in lines] == ["Ada met Bob.", "Ada again."]
+    assert lines[0]["entities"][0] == {**lines[0]["entities"][0], "text": "Ada", "start": 0, "end": 3}
+    questions = tmp_path / "qa.jsonl"
+    questions.write_text(json.dumps({"question": "Who?", "context": " "}) + "\n")
+    assert main(["predict", "qa", str(questions), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["error"] == "InvalidInputError"  # one failed input, one line
+    assert main(["predict", "classify", str(texts)]) == cli.EXIT_BAD_INPUT  # no label set given
+
+
 def test_the_label_set_comes_from_the_whole_file_not_the_sample(tmp_path):
     """A 2-item sample of a 5-label file is still a 5-way task (a smaller set inflates accuracy)."""
     from castline.cli import _chain, _load, build_parser
