@@ -246,6 +246,15 @@ def test_the_api_key_is_sent_but_never_shown(tokenizer, monkeypatch):
     assert "sk-secret" not in str(info.value)
 
 
+def test_a_directory_with_only_the_tokenizer_is_enough(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "smollm2-tokenizer")
+    server = ScriptedServer(tokenizer)
+    engine = load_server(
+        tmp_path / "smollm2-tokenizer", base_url="http://server.test", transport=httpx.MockTransport(server)
+    )
+    assert engine.name == "smollm2-tokenizer" and engine.max_context == 2048
+
+
 def test_no_base_url_is_a_typed_error(monkeypatch):
     monkeypatch.delenv("CASTLINE_BASE_URL", raising=False)
     with pytest.raises(ModelLoadError, match="base_url"):

@@ -401,10 +401,12 @@ def load_server(
     """Connect to a server at ``base_url`` that serves ``source`` (default: the embedded model).
 
     ``source`` is the same local model the server was started on (a directory or GGUF, or None
-    for the embedded SmolLM2, served from ``castline.models.loading.weights_dir``): its tokenizer
-    and chat template are loaded here. ``model`` is the served model name (default: the server's
-    only base model). The API key, if any, is read from ``$CASTLINE_API_KEY`` (or the variable
-    ``api_key_env`` names) and never logged; ``base_url`` defaults to ``$CASTLINE_BASE_URL``.
+    for the embedded SmolLM2, served from ``castline.models.loading.weights_dir``), or a directory
+    holding just its tokenizer files: its tokenizer and chat template are loaded here. ``model`` is
+    the served model name (default: the server's only base model). The API key, if any, is read
+    from ``$CASTLINE_API_KEY`` (or the variable ``api_key_env`` names) and never logged;
+    ``base_url`` defaults to ``$CASTLINE_BASE_URL``. ``scoring`` is "trie" or "prompt_logprobs"
+    (``ServerEngine.score``).
     """
     from transformers import AutoTokenizer
 
@@ -413,8 +415,7 @@ def load_server(
         raise ModelLoadError(
             f"the openai engine needs base_url= (or ${BASE_URL_ENV}), e.g. http://localhost:8000"
         )
-    source_info = resolve_source(source)
-    directory = weights_dir(source_info)
+    directory, name = _tokenizer_source(source)
     client = ServerClient(
         base_url,
         api_key=os.environ.get(api_key_env) or None,
@@ -428,7 +429,7 @@ def load_server(
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         max_context = _context_length(served, directory)
         engine = ServerEngine(
-            client, served["id"], tokenizer, source_info.name, max_context, spans=False, scoring=scoring
+            client, served["id"], tokenizer, name, max_context, spans=False, scoring=scoring
         )
         _check_tokenizer(engine)
         _check_constraints(engine)
@@ -439,6 +440,23 @@ def load_server(
     except BaseException:
         client.close()
         raise
+
+
+def _tokenizer_source(source: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """The directory to load the tokenizer from, and the model's identity (recorded with adapters).
+
+    The weights stay on the server: a directory holding only the tokenizer files is enough.
+    """
+    if source is not None:
+        path = Path(source).expanduser()
+        if (
+            path.is_dir()
+            and (path / "tokenizer_config.json").is_file()
+            and not any(path.glob("*.safetensors"))
+        ):
+            return path, path.name
+    source_info = resolve_source(source)
+    return weights_dir(source_info), source_info.name
 
 
 def _served_model(client: ServerClient, model: str | None) -> dict[str, Any]:
