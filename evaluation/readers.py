@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -174,10 +174,8 @@ def read_squad(path: str | Path) -> list[QAExample]:
     return examples
 
 
-def read_jsonl(path: str | Path) -> list[ExtractionExample]:
-    """JSONL lines ``{"text": ..., "output": {...}}``."""
-    path = Path(path)
-    examples = []
+def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-empty line of a JSONL file."""
     for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -185,11 +183,17 @@ def read_jsonl(path: str | Path) -> list[ExtractionExample]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {line_no}: invalid JSON: {exc.msg}") from exc
-        if (
-            not isinstance(record, dict)
-            or not isinstance(record.get("text"), str)
-            or not isinstance(record.get("output"), dict)
-        ):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {line_no}: expected a JSON object, not {type(record).__name__}")
+        yield line_no, record
+
+
+def read_jsonl(path: str | Path) -> list[ExtractionExample]:
+    """JSONL lines ``{"text": ..., "output": {...}}``."""
+    path = Path(path)
+    examples = []
+    for line_no, record in _json_objects(path):
+        if not isinstance(record.get("text"), str) or not isinstance(record.get("output"), dict):
             raise DataError(f"{path}: line {line_no}: expected {{'text': str, 'output': object}}")
         examples.append(ExtractionExample(record["text"], record["output"]))
     if not examples:
@@ -201,21 +205,10 @@ def read_inputs(path: str | Path) -> list[dict[str, Any]]:
     """Unlabeled inputs for ``castline predict``: JSONL objects (the chain's input fields), or one
     text per non-empty line of any other file (``{"text": line}``)."""
     path = Path(path)
-    lines = _read_text(path).splitlines()
-    if path.suffix.lower() != ".jsonl":
-        inputs = [{"text": line} for line in lines if line.strip()]
+    if path.suffix.lower() == ".jsonl":
+        inputs = [record for _, record in _json_objects(path)]
     else:
-        inputs = []
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {line_no}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: line {line_no}: expected a JSON object of the chain's input fields")
-            inputs.append(record)
+        inputs = [{"text": line} for line in _read_text(path).splitlines() if line.strip()]
     if not inputs:
         raise DataError(f"{path}: no inputs found")
     return inputs
