@@ -22,6 +22,11 @@ class Classification(BaseModel):
         """Probability of the chosen label."""
         return self.probabilities[self.label]
 
+    def to_pipeline(self, top_k: int | None = None) -> list[dict[str, Any]]:
+        """The ``transformers`` text-classification pipeline format: ``[{"label", "score"}]``, most
+        probable first, every label (``top_k=None``, as the pipeline's) or the first ``top_k``."""
+        return _ranked(self.probabilities, top_k)
+
 
 class MultiLabelClassification(BaseModel):
     """Every label whose independent probability reaches the threshold."""
@@ -31,6 +36,16 @@ class MultiLabelClassification(BaseModel):
     labels: list[str] = Field(description="labels at or above the threshold, most probable first")
     probabilities: dict[str, float] = Field(description="independent probability of each label")
     threshold: float = Field(description="the cut-off that chose `labels`")
+
+    def to_pipeline(self, top_k: int | None = None) -> list[dict[str, Any]]:
+        """The text-classification pipeline format with independent (sigmoid) scores, as the pipeline
+        gives with ``function_to_apply="sigmoid", top_k=None``."""
+        return _ranked(self.probabilities, top_k)
+
+
+def _ranked(probabilities: dict[str, float], top_k: int | None) -> list[dict[str, Any]]:
+    ranked = sorted(probabilities.items(), key=lambda item: -item[1])
+    return [{"label": label, "score": score} for label, score in ranked[:top_k]]
 
 
 class Entity(BaseModel):
@@ -101,6 +116,14 @@ class Answer(BaseModel):
     @property
     def has_answer(self) -> bool:
         return self.text is not None
+
+    def to_pipeline(self) -> dict[str, Any]:
+        """The question-answering pipeline format of transformers 4 (version 5 removed the task):
+        ``{"score", "start", "end", "answer"}``; no answer is ``start == end == 0`` and ``""``, as
+        the pipeline gives with ``handle_impossible_answer=True``."""
+        if self.text is None:
+            return {"score": self.score, "start": 0, "end": 0, "answer": ""}
+        return {"score": self.score, "start": self.start, "end": self.end, "answer": self.text}
 
 
 def whitespace_spans(text: str) -> list[tuple[int, int]]:

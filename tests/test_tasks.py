@@ -132,6 +132,38 @@ def test_bio_and_pipeline_formats():
     }
 
 
+def test_results_convert_to_the_transformers_pipeline_formats(tokenizer):
+    """Key for key, type for type, order for order, against a real text-classification pipeline."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification, pipeline
+
+    from castline.schemas.results import Answer, Classification, MultiLabelClassification
+
+    labels = {0: "a", 1: "b", 2: "c"}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+        num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    classify = pipeline(
+        "text-classification", model=LlamaForSequenceClassification(config), tokenizer=tokenizer
+    )
+    for function, result_type in (("softmax", Classification), ("sigmoid", MultiLabelClassification)):
+        theirs = classify("hello there", top_k=None, function_to_apply=function)
+        probabilities = {row["label"]: row["score"] for row in theirs}
+        if result_type is Classification:
+            ours = Classification(label=theirs[0]["label"], probabilities=probabilities)
+        else:
+            ours = MultiLabelClassification(labels=[], probabilities=probabilities, threshold=0.9)
+        assert ours.to_pipeline() == theirs
+        assert ours.to_pipeline(top_k=1) == theirs[:1]
+    answer = Answer(text="London", start=19, end=25, score=0.5)
+    assert answer.to_pipeline() == {"score": 0.5, "start": 19, "end": 25, "answer": "London"}
+    none = Answer(text=None, start=None, end=None, score=0.7).to_pipeline()
+    assert none == {"score": 0.7, "start": 0, "end": 0, "answer": ""}
+
+
 def test_long_input_is_windowed_and_offsets_map_to_the_original(tiny_model):
     text = " ".join(f"word{i}" for i in range(300))
     chain = RecognizeEntities(
