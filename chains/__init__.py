@@ -1,6 +1,7 @@
 """Chains: langchain-core Runnables that return typed objects from a local model."""
 
 from castline.chains.base import Chain
+from castline.chains.chat_model import CastlineChatModel
 from castline.chains.classify import Classify, MultiLabelClassify
 from castline.chains.extract import Extract
 from castline.chains.ner import RecognizeEntities
@@ -9,6 +10,7 @@ from castline.chains.structured import StructuredChain, default_model
 
 __all__ = [
     "AnswerQuestion",
+    "CastlineChatModel",
     "Chain",
     "Classify",
     "Extract",
