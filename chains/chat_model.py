@@ -14,13 +14,14 @@ Tool calling is not offered: ``bind_tools`` raises ``NotImplementedError``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import ConfigDict, Field
 
@@ -52,6 +53,13 @@ class CastlineChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.engine.name, "engine": self.engine.engine_name}
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """What LangChain tracing records of a call: provider, model, settings."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        model = kwargs.get("model", self.engine.name)
+        params.update(ls_provider="castline", ls_model_name=model, ls_max_tokens=self.max_new_tokens)
+        return params
+
     def _settings(self) -> GenerationSettings:
         return GenerationSettings(temperature=self.temperature, seed=self.seed)
 
@@ -62,6 +70,35 @@ class CastlineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        text, metadata, usage = self._reply(messages, stop, kwargs)
+        message = AIMessage(content=text, response_metadata=metadata, usage_metadata=usage)  # type: ignore[arg-type]
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """The reply as one chunk: engines return whole generations, they do not stream tokens yet."""
+        text, metadata, usage = self._reply(messages, stop, kwargs)
+        chunk = ChatGenerationChunk(
+            message=AIMessageChunk(content=text, response_metadata=metadata, usage_metadata=usage)  # type: ignore[arg-type]
+        )
+        if run_manager is not None:
+            run_manager.on_llm_new_token(text, chunk=chunk)
+        yield chunk
+
+    def _reply(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], dict[str, int]]:
+        """The reply's text (cut at the first stop sequence), its metadata and its token usage."""
+        if kwargs.get("model", self.engine.name) != self.engine.name:
+            raise InvalidInputError(
+                f"this chat model runs {self.engine.name!r}, not {kwargs['model']!r}; load that model into "
+                "an engine and make a chat model over it"
+            )
         budget = int(kwargs.get("max_new_tokens", self.max_new_tokens))
         request = GenerationRequest(self._prompt(messages), None, self._settings(), budget)
         [generation] = self.engine.generate([request])
@@ -74,13 +111,13 @@ class CastlineChatModel(BaseChatModel):
             "model_name": self.engine.name,
             "finish_reason": "stop" if generation.complete else "length",
         }
+        prompt_tokens = self.engine.prompt_length(request.prompt)
         usage = {
-            "input_tokens": self.engine.prompt_length(request.prompt),
+            "input_tokens": prompt_tokens,
             "output_tokens": len(generation.token_ids),
+            "total_tokens": prompt_tokens + len(generation.token_ids),
         }
-        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-        message = AIMessage(content=text, response_metadata=metadata, usage_metadata=usage)  # type: ignore[arg-type]
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return text, metadata, usage
 
     def _prompt(self, messages: Sequence[BaseMessage]) -> Any:
         turns: list[Message] = []

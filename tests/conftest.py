@@ -112,3 +112,15 @@ def server_model(vllm_server):
     engine = load_model(engine="openai", base_url=vllm_server)
     yield engine
     engine.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the known failures of LangChain's standard chat-model tests, each with its typed error."""
+    for item in items:
+        if "TestCastlineChatModelIntegration" not in item.nodeid:
+            continue
+        from tests.test_chat_model_standard import KNOWN_FAILURES
+
+        for prefix, (error, reason) in KNOWN_FAILURES.items():
+            if item.name.startswith(prefix) or item.name == prefix:
+                item.add_marker(pytest.mark.xfail(raises=error, reason=reason, strict=True))
