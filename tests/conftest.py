@@ -7,8 +7,6 @@ run in CI (deselect them locally with ``-m "not real_model"`` for a fast loop).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -89,10 +87,9 @@ def vllm_server(default_model_dir, tmp_path_factory):
     import subprocess
     from pathlib import Path
 
-    from castline.models.server.launch import VLLM_PYTHON_ENV, running_vllm
+    from castline.models.server.launch import VLLM_PYTHON_ENV, default_vllm_python, running_vllm
 
-    python = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
-    python = Path(os.environ.get(VLLM_PYTHON_ENV) or python)
+    python = default_vllm_python(Path(__file__).resolve().parent.parent)
     if not python.exists():
         pytest.skip(
             f"vLLM is not installed ({python} is missing): `make vllm` installs it, or set ${VLLM_PYTHON_ENV}"
@@ -116,11 +113,12 @@ def server_model(vllm_server):
 
 def pytest_collection_modifyitems(config, items):
     """Mark the known failures of LangChain's standard chat-model tests, each with its typed error."""
-    for item in items:
-        if "TestCastlineChatModelIntegration" not in item.nodeid:
-            continue
-        from tests.test_chat_model_standard import KNOWN_FAILURES
+    standard = [item for item in items if "TestCastlineChatModelIntegration" in item.nodeid]
+    if not standard:
+        return
+    from tests.test_chat_model_standard import KNOWN_FAILURES
 
+    for item in standard:
         for prefix, (error, reason) in KNOWN_FAILURES.items():
             if item.name.startswith(prefix) or item.name == prefix:
                 item.add_marker(pytest.mark.xfail(raises=error, reason=reason, strict=True))

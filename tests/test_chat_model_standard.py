@@ -32,51 +32,39 @@ KNOWN_FAILURES = {
 }
 
 
-class TestCastlineChatModelUnit(ChatModelUnitTests):
+class CastlineChatModelCapabilities:
+    """What both standard suites need to know: the class, and the capabilities castline declares."""
+
     @property
     def chat_model_class(self) -> type[CastlineChatModel]:
         return CastlineChatModel
 
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # an engine holds one loaded model
+
+
+class TestCastlineChatModelUnit(CastlineChatModelCapabilities, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"engine": FakeEngine(), "max_new_tokens": 32}
 
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # an engine holds one loaded model
-
 
 @pytest.mark.real_model
-class TestCastlineChatModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[CastlineChatModel]:
-        return CastlineChatModel
-
+class TestCastlineChatModelIntegration(CastlineChatModelCapabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        from castline.models import load_model
+        from castline.chains import default_model
 
-        return {"engine": load_model(), "max_new_tokens": 48}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return False  # an engine holds one loaded model
+        return {"engine": default_model(), "max_new_tokens": 48}  # loaded once, shared by every test
 
     @property
     def returns_usage_metadata(self) -> bool:

@@ -125,6 +125,6 @@ def running_vllm(
             process.wait()
 
 
-def default_vllm_python() -> Path:
-    """``$CASTLINE_VLLM_PYTHON``, else ``.venv-vllm`` in the current directory (what ``make`` builds)."""
-    return Path(os.environ.get(VLLM_PYTHON_ENV) or Path(".venv-vllm") / "bin" / "python")
+def default_vllm_python(root: str | os.PathLike[str] = ".") -> Path:
+    """``$CASTLINE_VLLM_PYTHON``, else ``.venv-vllm`` under ``root`` (what ``make vllm`` builds)."""
+    return Path(os.environ.get(VLLM_PYTHON_ENV) or Path(root) / ".venv-vllm" / "bin" / "python")
