@@ -125,7 +125,7 @@ class StructuredChain(Chain[Output]):
         return self.prompt_for(input), self.serialize(value)
 
     def adapter_payload(self) -> dict[str, Any]:
-        return {"task": type(self).__name__, "regex": self.spec.regex}
+        return {"task": type(self).__name__, "output": self.spec.grammar_key}
 
     @property
     def OutputType(self) -> Any:

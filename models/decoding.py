@@ -9,12 +9,8 @@ decoded string: byte-level BPE and SentencePiece byte-fallback tokens hold parts
 character, which all decode to U+FFFD and would be indistinguishable), the end-of-turn id and the
 control-token ids.
 
-Grammar: an outlines_core ``Index`` compiled from the output type's regex. outlines_core drops
-the ways on from a state where the output could already end unless they reach another end state
-in one token (``1(-2)?`` after "1" allowed only EOS; the alternative "card|card_arrival" only
-"card"). The regex is therefore compiled with a sentinel character after it: the only end states
-are after the sentinel, every optional continuation stays open, and EOS is allowed exactly where
-reading the sentinel would reach an end state.
+Grammar: the output type's language compiled by a grammar backend (``castline.models.grammars``:
+llguidance by default, outlines_core selectable), cached per vocabulary.
 
 Spans: ``(LABEL ":" SPAN "\\n")* EOS`` for entity lists, ``SPAN EOS`` for an answer, every SPAN a
 substring of the input with a non-space character and no line break; see ``SpanState``.
@@ -25,75 +21,91 @@ from __future__ import annotations
 import hashlib
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from outlines_core import Guide, Vocabulary
 
+from castline.models.grammars import Grammar, GrammarCursor, check_backend, compile_grammar, default_backend
 from castline.models.protocol import SpanConstraint
 from castline.schemas.output_types import OutputSpec
 
-# A private-use character no tokenizer spells; it stands for "the output ends here".
-END_SENTINEL = "\ue000"
-_SENTINEL_LEAD = b"\xee"  # first UTF-8 byte of U+E000-U+EFFF
+_T = TypeVar("_T")
 GRAMMAR_CACHE = 64  # compiled grammars kept per vocabulary
 _END = -1  # key of the token ids that end at a trie node
 
 
 class TokenTable:
-    """The bytes of every token id (None for control tokens), and the end-of-turn id."""
+    """The bytes of every token id (None for control tokens), and the end-of-turn id.
 
-    def __init__(self, pieces: Sequence[bytes | None], eos_id: int, special_ids: Iterable[int] = ()) -> None:
+    It also owns the grammars compiled over this vocabulary, by the backend ``grammar_backend``
+    names (default: ``$CASTLINE_GRAMMAR``, else llguidance).
+    """
+
+    def __init__(
+        self,
+        pieces: Sequence[bytes | None],
+        eos_id: int,
+        special_ids: Iterable[int] = (),
+        grammar_backend: str | None = None,
+    ) -> None:
         self.pieces = list(pieces)
         self.eos_id = eos_id
         self.special_ids = frozenset(special_ids) | {eos_id}
         self.size = len(self.pieces)
-        self.sentinel_id = self.size  # one past the last real token
-        self._grammars: dict[str, CompiledGrammar] = {}  # compiled once per regex, for every engine
+        self.sentinel_id = self.size  # one past the last real token (outlines_core's end marker)
+        self.grammar_backend = check_backend(grammar_backend or default_backend())
+        self._grammars: dict[tuple[str, str], Grammar] = {}  # compiled once per type, for every engine
+        self._backend_states: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def grammar(self, regex: str) -> CompiledGrammar:
-        """The grammar of ``regex`` over this vocabulary, compiled once and cached.
+    def use_grammar_backend(self, name: str) -> None:
+        """Compile later grammars with backend ``name`` ("llguidance" or "outlines_core")."""
+        self.grammar_backend = check_backend(name)
 
-        The cache keeps the ``GRAMMAR_CACHE`` most recently used grammars (an index can take tens
-        of megabytes), so a process that builds many output types does not grow without bound.
+    def grammar(self, spec: OutputSpec) -> Grammar:
+        """The grammar of ``spec`` over this vocabulary, compiled once and cached.
+
+        The cache keeps the ``GRAMMAR_CACHE`` most recently used grammars (an outlines_core index
+        can take tens of megabytes), so a process that builds many output types does not grow
+        without bound. Compiles run outside the lock: one slow type never holds up another.
         """
+        key = (self.grammar_backend, spec.grammar_key)
         with self._lock:
-            grammar = self._grammars.pop(regex, None) or CompiledGrammar(regex, self)
-            self._grammars[regex] = grammar  # most recently used last
+            grammar = self._grammars.pop(key, None)
+            if grammar is not None:
+                self._grammars[key] = grammar  # most recently used last
+                return grammar
+        grammar = compile_grammar(spec, self, key[0])
+        with self._lock:
+            self._grammars[key] = grammar
             while len(self._grammars) > GRAMMAR_CACHE:
                 self._grammars.pop(next(iter(self._grammars)))
-            return grammar
+        return grammar
+
+    def backend_state(self, backend: str, build: Callable[[], _T]) -> _T:
+        """What ``backend`` derives from this vocabulary once (its own tokenizer or vocabulary)."""
+        with self._lock:
+            if backend not in self._backend_states:
+                self._backend_states[backend] = build()
+            return self._backend_states[backend]
 
     def prepare(self, constraint: OutputSpec | SpanConstraint | None) -> None:
         """Build what ``constraint`` needs ahead of the first call (an unsupported one fails here)."""
         if isinstance(constraint, OutputSpec):
-            self.grammar(constraint.regex)
+            self.grammar(constraint)
         elif isinstance(constraint, SpanConstraint):
             self.trie  # noqa: B018 -- built once, on first use it costs ~1 s
 
     def cursor(self, constraint: OutputSpec | SpanConstraint | None) -> Cursor | None:
         """A fresh cursor for one output under ``constraint`` (None: unconstrained)."""
         if isinstance(constraint, OutputSpec):
-            return self.grammar(constraint.regex).cursor()
+            return self.grammar(constraint).cursor()
         if isinstance(constraint, SpanConstraint):
             return SpanCursor(constraint, self)
         return None
-
-    @cached_property
-    def vocabulary(self) -> Vocabulary:
-        """outlines_core's vocabulary from token bytes, with the end sentinel as an extra token."""
-        by_bytes: dict[bytes, list[int]] = {}
-        for token_id, piece in enumerate(self.pieces):
-            # Tokens holding the sentinel's lead byte could spell the sentinel as content; leaving
-            # them out costs the private-use characters U+E000-U+EFFF, which no output needs.
-            if piece and token_id not in self.special_ids and _SENTINEL_LEAD not in piece:
-                by_bytes.setdefault(piece, []).append(token_id)
-        by_bytes[END_SENTINEL.encode()] = [self.sentinel_id]
-        return Vocabulary(self.eos_id, by_bytes)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -128,71 +140,6 @@ class TokenTable:
     def decode(self, token_ids: Iterable[int]) -> str:
         """Text of ``token_ids`` from their bytes (control tokens left out)."""
         return b"".join(self.pieces[t] or b"" for t in token_ids if t < self.size).decode("utf-8", "replace")
-
-
-# -- the grammar -----------------------------------------------------------------------------------
-
-
-class CompiledGrammar:
-    """An output type's regex compiled over one vocabulary (the expensive step; cache it)."""
-
-    def __init__(self, regex: str, table: TokenTable) -> None:
-        from castline.models.compiling import compile_index
-
-        self.table = table
-        self.index = compile_index(f"(?:{regex}){END_SENTINEL}", table.vocabulary, table.fingerprint)
-
-    def cursor(self) -> GrammarCursor:
-        return GrammarCursor(self)
-
-
-class GrammarCursor:
-    """Where one output is in a compiled grammar."""
-
-    def __init__(self, grammar: CompiledGrammar) -> None:
-        self.table = grammar.table
-        self.index = grammar.index
-        self.guide = Guide(grammar.index)
-        self.done = False
-        self.consumed = 0  # tokens advanced over, EOS included
-        self._words = np.zeros((self.table.size + 1 + 31) // 32, dtype=np.int32)
-
-    def mask_into(self, row: np.ndarray) -> None:
-        """Set ``row[t]`` for every token allowed next (``row`` is zeroed by the caller)."""
-        width = len(row)
-        if self.done:
-            row[self.table.eos_id] = True
-            return
-        self._words[:] = 0
-        self.guide.write_mask_into(self._words.ctypes.data, self._words.size, 4)
-        bits = np.unpackbits(self._words.view(np.uint8), bitorder="little").astype(bool)
-        n = min(width, self.table.size)
-        row[:n] = bits[:n]
-        row[self.table.eos_id] = self.can_end()
-
-    def advance(self, token_id: int) -> None:
-        if self.done:
-            return
-        self.consumed += 1
-        if token_id == self.table.eos_id:
-            self.guide.advance(token_id=self.table.sentinel_id, return_tokens=False)
-            self.done = True
-        else:
-            self.guide.advance(token_id=token_id, return_tokens=False)
-
-    def can_end(self) -> bool:
-        """Whether the output so far is complete (it may end here).
-
-        The sentinel can also be content (``[^"]`` matches any character): the output is complete
-        exactly when reading the sentinel next lands in a final state.
-        """
-        if self.done:
-            return True
-        after = self.index.get_next_state(self.guide.get_state(), self.table.sentinel_id)
-        return after is not None and self.index.is_final_state(after)
-
-    def spans(self) -> tuple[Any, ...]:
-        return ()
 
 
 # -- spans -----------------------------------------------------------------------------------------
@@ -430,3 +377,5 @@ class SpanCursor:
 
 
 Cursor = GrammarCursor | SpanCursor
+
+__all__ = ["Cursor", "Grammar", "GrammarCursor", "SpanCursor", "SpanState", "TokenTable", "splits_word"]

@@ -186,26 +186,37 @@ def load_model(
     ``dtype``, ``device_map``, ``max_memory``, ``trust_remote_code`` for transformers;
     ``n_ctx``, ``n_threads`` for llama.cpp; ``base_url``, ``model``, ``timeout``,
     ``max_in_flight``, ``retries`` for a server (``source`` is then the model the server was started
-    on, whose tokenizer is loaded here).
+    on, whose tokenizer is loaded here). ``grammar_backend`` ("llguidance", the default, or
+    "outlines_core") picks what compiles output types in-process; a server uses its own.
 
     >>> model = load_model()                                # SmolLM2-135M-Instruct, embedded
     >>> model = load_model("path/to/model.gguf", engine="llamacpp")
     >>> model = load_model(engine="openai", base_url="http://localhost:8000")
     """
     name = engine or default_engine()
+    backend = options.pop("grammar_backend", None)
     if name == "transformers":
         from castline.models.transformers import load_transformers
 
-        return load_transformers(source, **options)
-    if name == "llamacpp":
+        model = load_transformers(source, **options)
+    elif name == "llamacpp":
         from castline.models.llamacpp import load_llamacpp
 
-        return load_llamacpp(source, **options)
-    if name == "openai":
+        model = load_llamacpp(source, **options)
+    elif name == "openai":
+        if backend is not None:
+            raise ModelLoadError(
+                "a server compiles output types with its own grammar backend (vLLM: "
+                "--structured-outputs-config); leave grammar_backend out"
+            )
         from castline.models.server import load_server
 
         return load_server(source, **options)
-    raise ModelLoadError(f"engine must be one of {list(ENGINES)}, not {name!r}")
+    else:
+        raise ModelLoadError(f"engine must be one of {list(ENGINES)}, not {name!r}")
+    if backend is not None:
+        model.token_table.use_grammar_backend(backend)
+    return model
 
 
 def cpu_has_native_bf16() -> bool:

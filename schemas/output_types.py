@@ -1,7 +1,7 @@
-"""Output types: what a chain returns, and the regular language decoding is held to.
+"""Output types: what a chain returns, and the language decoding is held to.
 
 ``output_spec(t)`` turns whatever a user passes as an output type into an ``OutputSpec``: the
-regex the decoder is constrained to, a parser from the decoded text to the typed value, and a
+language the decoder is constrained to, a parser from the decoded text to the typed value, and a
 default token budget. Accepted types:
 
 - a label set: ``Literal["a", "b"]``, an ``Enum`` subclass, or ``Labels([...])`` -- decoded as the
@@ -13,7 +13,10 @@ default token budget. Accepted types:
 - a JSON Schema as a ``dict`` -- decoded as compact JSON, returned as the JSON value, validated
   against the schema with ``jsonschema``.
 
-The regexes are built with outlines_core, which is a compiled library and does not pull in torch.
+An ``OutputSpec`` says *what* the output's language is (labels, a regex, a JSON Schema); the
+grammar backends in ``castline.models.grammars`` compile it over a vocabulary. ``spec.regex`` is
+the same language as one regular expression, built on demand (outlines_core needs it; llguidance
+compiles labels and schemas directly).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -76,12 +80,35 @@ class OutputSpec:
     """How one output type is decoded and parsed."""
 
     python_type: Any
-    regex: str
+    kind: str  # "labels", "regex" or "json"
     parse: Callable[[str], Any]
     default_max_new_tokens: int
-    kind: str  # "labels", "regex" or "json"
-    labels: tuple[str, ...] = ()
-    json_schema: dict[str, Any] | None = None
+    labels: tuple[str, ...] = ()  # kind "labels"
+    pattern: str = ""  # kind "regex": the user's pattern
+    json_schema: dict[str, Any] | None = None  # kind "json": the schema the grammar follows
+
+    @cached_property
+    def regex(self) -> str:
+        """The output's language as one regular expression (outlines_core's input, vLLM's regex)."""
+        if self.kind == "labels":
+            return "(" + "|".join(re.escape(n) for n in sorted(self.labels, key=len, reverse=True)) + ")"
+        if self.kind == "regex":
+            return self.pattern
+        from outlines_core.json_schema import build_regex_from_schema
+
+        try:
+            return build_regex_from_schema(json.dumps(self.json_schema), JSON_WHITESPACE)
+        except Exception as exc:  # outlines_core raises several types for unsupported keywords
+            raise OutputTypeError(f"this JSON Schema has no regular-expression form: {exc}") from exc
+
+    @cached_property
+    def grammar_key(self) -> str:
+        """The output's language as a stable string: what compiled grammars are cached under."""
+        if self.kind == "labels":
+            return "labels:" + json.dumps(self.labels, ensure_ascii=False)
+        if self.kind == "regex":
+            return "regex:" + self.pattern
+        return "json:" + json.dumps(self.json_schema, sort_keys=True, ensure_ascii=False)
 
 
 def labels_of(output_type: Any) -> Labels | None:
@@ -104,7 +131,7 @@ def output_spec(output_type: Any) -> OutputSpec:
     if labels is not None:
         return _label_spec(output_type, labels)
     if isinstance(output_type, Regex):
-        return OutputSpec(str, output_type.pattern, lambda s: s, output_type.max_new_tokens, "regex")
+        return OutputSpec(str, "regex", lambda s: s, output_type.max_new_tokens, pattern=output_type.pattern)
     if isinstance(output_type, dict):
         return _json_schema_spec(output_type)
     if isinstance(output_type, str):
@@ -119,25 +146,18 @@ def _label_spec(output_type: Any, labels: Labels) -> OutputSpec:
     by_name: dict[str, Any] = {n: n for n in labels.names}
     if isinstance(output_type, type) and issubclass(output_type, enum.Enum):
         by_name = {str(m.value): m for m in output_type}
-    # Every label stays reachable in any order: the decoder compiles the regex with an end
-    # sentinel, so "card" ending does not close the way on to "card_arrival" (models/decoding.py).
-    ordered = sorted(labels.names, key=len, reverse=True)
-    regex = "(" + "|".join(re.escape(n) for n in ordered) + ")"
     longest = max(len(n) for n in labels.names)
     return OutputSpec(
         python_type=output_type if not isinstance(output_type, Labels) else str,
-        regex=regex,
+        kind="labels",
         parse=lambda s: by_name[s],
         # A token holds at least one character, so the longest label bounds the budget.
         default_max_new_tokens=longest + 2,
-        kind="labels",
         labels=labels.names,
     )
 
 
 def _json_spec(output_type: Any) -> OutputSpec:
-    from outlines_core.json_schema import build_regex_from_schema
-
     try:
         adapter: TypeAdapter[Any] = TypeAdapter(output_type)
         schema = strict_json_schema(adapter.json_schema())
@@ -146,10 +166,6 @@ def _json_spec(output_type: Any) -> OutputSpec:
             f"cannot constrain decoding to {output_type!r}: {exc}. Use a Pydantic model, a "
             "Literal/Enum label set, or Regex(pattern)"
         ) from exc
-    try:
-        regex = build_regex_from_schema(json.dumps(schema), JSON_WHITESPACE)
-    except Exception as exc:
-        raise OutputTypeError(f"the JSON Schema of {output_type!r} is not supported: {exc}") from exc
 
     def parse(text: str) -> Any:
         try:
@@ -163,7 +179,7 @@ def _json_spec(output_type: Any) -> OutputSpec:
                 [dict(e) for e in exc.errors()],
             ) from exc
 
-    return OutputSpec(output_type, regex, parse, _json_budget(schema), "json", json_schema=schema)
+    return OutputSpec(output_type, "json", parse, _json_budget(schema), json_schema=schema)
 
 
 def _json_schema_spec(schema: dict[str, Any]) -> OutputSpec:
@@ -174,7 +190,6 @@ def _json_schema_spec(schema: dict[str, Any]) -> OutputSpec:
     allow them. The output is validated against the schema exactly as given.
     """
     import jsonschema
-    from outlines_core.json_schema import build_regex_from_schema
 
     try:
         validator_class = jsonschema.validators.validator_for(schema)
@@ -183,10 +198,6 @@ def _json_schema_spec(schema: dict[str, Any]) -> OutputSpec:
         raise OutputTypeError(f"not a valid JSON Schema: {exc.message}") from exc
     validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
     strict = strict_json_schema(schema)
-    try:
-        regex = build_regex_from_schema(json.dumps(strict), JSON_WHITESPACE)
-    except Exception as exc:  # outlines_core raises several types for unsupported keywords
-        raise OutputTypeError(f"this JSON Schema is not supported by the grammar: {exc}") from exc
 
     def parse(text: str) -> Any:
         try:
@@ -204,7 +215,7 @@ def _json_schema_spec(schema: dict[str, Any]) -> OutputSpec:
             )
         return value
 
-    return OutputSpec(Any, regex, parse, _json_budget(strict), "json", json_schema=strict)
+    return OutputSpec(Any, "json", parse, _json_budget(strict), json_schema=strict)
 
 
 def strict_json_schema(schema: dict[str, Any]) -> dict[str, Any]:

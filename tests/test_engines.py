@@ -30,9 +30,10 @@ from castline.models import (
     block_real_models,
     load_model,
 )
-from castline.models.decoding import CompiledGrammar, SpanCursor
+from castline.models.decoding import SpanCursor
 from castline.schemas import (
     EngineCapabilityError,
+    ModelLoadError,
     OutputTypeError,
     RealModelBlockedError,
     Regex,
@@ -172,28 +173,33 @@ REACHABLE = [
 ]
 
 
+def _path_spelling(grammar, data: bytes, path: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+    """Allowed tokens spelling exactly ``data`` and then end-of-turn, found by depth-first search.
+
+    Each step replays ``path`` on a fresh cursor (cursors are not copied). Longer tokens are tried
+    first: grammars may allow only one tokenization of text they force (llguidance does).
+    """
+    table = grammar.table
+    cursor = grammar.cursor()
+    for token in path:
+        cursor.advance(token)
+    row = np.zeros(table.size, dtype=bool)
+    cursor.mask_into(row)
+    if not data:
+        return path if row[table.eos_id] else None
+    candidates = [t for t in np.flatnonzero(row) if table.pieces[t] and data.startswith(table.pieces[t])]
+    for token in sorted(candidates, key=lambda t: -len(table.pieces[t])):
+        found = _path_spelling(grammar, data[len(table.pieces[token]) :], (*path, int(token)))
+        if found is not None:
+            return found
+    return None
+
+
 @pytest.mark.parametrize(("output_type", "values"), REACHABLE)
 def test_every_allowed_value_is_reachable(engine, output_type, values):
-    table = engine.token_table
-    grammar = CompiledGrammar(output_spec(output_type).regex, table)
-    byte_tokens = {piece: i for i, piece in enumerate(table.pieces) if piece and len(piece) == 1}
+    grammar = engine.token_table.grammar(output_spec(output_type))
     for value in values:
-        cursor = grammar.cursor()
-        row = np.zeros(table.size, dtype=bool)
-        # Forced choice, byte by byte where the vocabulary has byte tokens (every byte-level BPE
-        # does), else by the engine's own tokenization.
-        data = value.encode()
-        ids = [byte_tokens.get(bytes([b])) for b in data]
-        if None in ids:
-            ids = engine.encode_text(value) if hasattr(engine, "encode_text") else []
-        for token in ids:
-            row[:] = False
-            cursor.mask_into(row)
-            assert row[token], f"{value!r}: token {token} refused"
-            cursor.advance(token)
-        row[:] = False
-        cursor.mask_into(row)
-        assert row[table.eos_id], f"{value!r} cannot end"
+        assert _path_spelling(grammar, value.encode()) is not None, f"{value!r} cannot be generated"
 
 
 # -- the span rule ---------------------------------------------------------------------------------
@@ -452,12 +458,12 @@ def test_compiled_grammars_are_cached_within_a_bound():
     from castline.models.decoding import GRAMMAR_CACHE
 
     table = FakeEngine().token_table
-    first = table.grammar("a{1}")
-    assert table.grammar("a{1}") is first  # cached
+    first = table.grammar(output_spec(Regex("a{1}")))
+    assert table.grammar(output_spec(Regex("a{1}"))) is first  # cached
     for n in range(2, GRAMMAR_CACHE + 10):
-        table.grammar(f"a{{{n}}}")
+        table.grammar(output_spec(Regex(f"a{{{n}}}")))
     assert len(table._grammars) == GRAMMAR_CACHE
-    assert "a{1}" not in table._grammars  # the least recently used went first
+    assert ("llguidance", "regex:a{1}") not in table._grammars  # the least recently used went first
 
 
 def test_a_json_schema_dict_is_an_output_type():
@@ -465,21 +471,25 @@ def test_a_json_schema_dict_is_an_output_type():
 
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer", "minimum": 0},
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        },
         "required": ["name", "age"],
     }
-    for value in StructuredChain(schema, model=FakeEngine(), max_new_tokens=200).batch(TEXTS):
-        assert set(value) == {"name", "age"} and isinstance(value["age"], int)
-    # minimum is not in the grammar: the schema itself is checked after decoding, raw text kept
-    chain = StructuredChain(schema, model=FakeEngine(outputs=['{"name":"Ada","age":-1}']))
-    with pytest.raises(OutputValidationError, match="minimum") as info:
-        chain.invoke("x")
-    assert info.value.raw == '{"name":"Ada","age":-1}'
+    for value in StructuredChain(schema, model=FakeEngine(), max_new_tokens=300).batch(TEXTS):
+        assert {"name", "age"} <= set(value) and isinstance(value["age"], int) and value["age"] >= 0
+    # uniqueItems is not in the grammar: the schema itself is checked after decoding, raw text kept
+    raw = '{"name":"Ada","age":1,"tags":["x","x"]}'
+    with pytest.raises(OutputValidationError, match="unique") as info:
+        StructuredChain(schema, model=FakeEngine(outputs=[raw])).invoke("x")
+    assert info.value.raw == raw
     with pytest.raises(OutputTypeError, match="not a valid JSON Schema"):
         StructuredChain({"type": "nope"}, model=FakeEngine())
 
 
-def test_a_grammar_compile_is_bounded_in_time_and_cached_on_disk(tmp_path, monkeypatch):
+def test_an_outlines_core_compile_is_bounded_in_time_and_cached_on_disk(tmp_path, monkeypatch):
     import multiprocessing
     import time
 
@@ -487,6 +497,7 @@ def test_a_grammar_compile_is_bounded_in_time_and_cached_on_disk(tmp_path, monke
 
     monkeypatch.setenv("CASTLINE_CACHE", str(tmp_path))
     monkeypatch.setenv("CASTLINE_COMPILE_SECONDS", "1")
+    monkeypatch.setenv("CASTLINE_GRAMMAR", "outlines_core")
     # 60 optional bounded strings: the index build takes far longer than a second.
     huge = {"type": "object", "properties": {f"f{i}": {"type": "string", "maxLength": 20} for i in range(60)}}
     started = time.monotonic()
@@ -498,10 +509,42 @@ def test_a_grammar_compile_is_bounded_in_time_and_cached_on_disk(tmp_path, monke
     cached = list((tmp_path / "grammars").glob("*.index"))
     assert len(cached) == 1
     # A new engine with the same vocabulary bytes loads the index from disk: no compile at all.
-    import castline.models.compiling as compiling
+    import castline.models.grammars.outlines_core as compiling
 
     monkeypatch.setattr(compiling, "_compile_bounded", lambda *a: pytest.fail("compiled again"))
     assert StructuredChain(Literal["a", "b"], model=FakeEngine()).invoke("x") in ("a", "b")
+
+
+def test_an_llguidance_compile_is_bounded_in_time(monkeypatch):
+    from castline.schemas import OutputTypeError
+
+    # llguidance compiles this in about a millisecond; a bound far below that must refuse it.
+    monkeypatch.setenv("CASTLINE_COMPILE_SECONDS", "0.000001")
+    schema = {
+        "type": "object",
+        "properties": {f"f{i}": {"type": "string", "maxLength": 20} for i in range(60)},
+    }
+    with pytest.raises(OutputTypeError, match="did not compile within"):
+        StructuredChain(schema, model=FakeEngine())
+    monkeypatch.setenv("CASTLINE_COMPILE_SECONDS", "5")
+    assert isinstance(StructuredChain(schema, model=FakeEngine(), max_new_tokens=2000).invoke("x"), dict)
+
+
+def test_the_grammar_backend_is_selectable():
+    from castline.models import load_model
+    from castline.models.grammars.llguidance import LLGuidanceGrammar
+    from castline.models.grammars.outlines_core import OutlinesCoreGrammar
+    from castline.schemas import OutputTypeError
+
+    engine = FakeEngine()
+    spec = output_spec(Literal["card", "card_arrival"])
+    assert isinstance(engine.token_table.grammar(spec), LLGuidanceGrammar)  # the default
+    engine.token_table.use_grammar_backend("outlines_core")
+    assert isinstance(engine.token_table.grammar(spec), OutlinesCoreGrammar)
+    with pytest.raises(OutputTypeError, match="grammar backend must be one of"):
+        engine.token_table.use_grammar_backend("xgrammar")
+    with pytest.raises(ModelLoadError, match="own grammar backend"):
+        load_model(engine="openai", base_url="http://127.0.0.1:9", grammar_backend="outlines_core")
 
 
 def test_threads_and_tasks_sharing_one_model_match_sequential_runs(engine):

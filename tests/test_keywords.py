@@ -1,10 +1,11 @@
 """What the decoding grammar guarantees, JSON Schema keyword by keyword (the README's table).
 
 For each keyword: a schema, an instance the ``jsonschema`` validator accepts, one it rejects, and
-whether the grammar (outlines_core, as castline compiles it) already refuses the rejected one.
+whether the grammar (llguidance, castline's default backend) already refuses the rejected one.
 Where it does not ("checked after"), decoding may produce the instance and castline's
 validation turns it into an ``OutputValidationError`` with the raw text -- never a returned value.
 Every accepted instance must be decodable: the grammar is never stricter than the schema here.
+The same table is checked for the outlines_core backend, which enforces fewer keywords.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from castline.models import FakeEngine
-from castline.models.decoding import CompiledGrammar
+from castline.models.grammars import Grammar
 from castline.schemas import output_spec
 
 
@@ -24,7 +25,7 @@ def _obj(prop: dict) -> dict:
     return {"type": "object", "properties": {"v": prop}, "required": ["v"]}
 
 
-# keyword, schema, accepted instance, rejected instance, enforced by the grammar
+# keyword, schema, accepted instance, rejected instance, enforced by the llguidance grammar
 KEYWORDS = [
     ("type", _obj({"type": "integer"}), {"v": 3}, {"v": "3"}, True),
     ("enum", _obj({"enum": ["a", "b"]}), {"v": "a"}, {"v": "c"}, True),
@@ -61,10 +62,10 @@ KEYWORDS = [
         {"v": [1, 2]},
         True,
     ),
-    ("minimum", _obj({"type": "integer", "minimum": 0}), {"v": 0}, {"v": -1}, False),
-    ("maximum", _obj({"type": "integer", "maximum": 9}), {"v": 9}, {"v": 10}, False),
-    ("exclusiveMinimum", _obj({"type": "number", "exclusiveMinimum": 0}), {"v": 1}, {"v": 0}, False),
-    ("multipleOf", _obj({"type": "integer", "multipleOf": 5}), {"v": 10}, {"v": 7}, False),
+    ("minimum", _obj({"type": "integer", "minimum": 0}), {"v": 0}, {"v": -1}, True),
+    ("maximum", _obj({"type": "integer", "maximum": 9}), {"v": 9}, {"v": 10}, True),
+    ("exclusiveMinimum", _obj({"type": "number", "exclusiveMinimum": 0}), {"v": 1}, {"v": 0}, True),
+    ("multipleOf", _obj({"type": "integer", "multipleOf": 5}), {"v": 10}, {"v": 7}, True),
     (
         "uniqueItems",
         _obj({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
@@ -82,7 +83,11 @@ KEYWORDS = [
 ]
 
 
-def _decodable(grammar: CompiledGrammar, instance: object) -> bool:
+# Keywords the outlines_core backend leaves to validation after decoding.
+OUTLINES_CORE_CHECKED_AFTER = {"minimum", "maximum", "exclusiveMinimum", "multipleOf", "uniqueItems"}
+
+
+def _decodable(grammar: Grammar, instance: object) -> bool:
     """Whether the grammar lets the decoder write ``instance`` as compact JSON and then stop."""
     table = grammar.table
     cursor = grammar.cursor()
@@ -96,15 +101,20 @@ def _decodable(grammar: CompiledGrammar, instance: object) -> bool:
     return True
 
 
+@pytest.mark.parametrize("backend", ["llguidance", "outlines_core"])
 @pytest.mark.parametrize(
     ("keyword", "schema", "good", "bad", "enforced"), KEYWORDS, ids=[k[0] for k in KEYWORDS]
 )
-def test_keyword_table(keyword, schema, good, bad, enforced):
+def test_keyword_table(keyword, schema, good, bad, enforced, backend):
+    if backend == "outlines_core":
+        enforced = keyword not in OUTLINES_CORE_CHECKED_AFTER
     validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     )
     assert validator.is_valid(good) and not validator.is_valid(bad)
-    grammar = FakeEngine().token_table.grammar(output_spec(schema).regex)
+    engine = FakeEngine()
+    engine.token_table.use_grammar_backend(backend)
+    grammar = engine.token_table.grammar(output_spec(schema))
     assert _decodable(grammar, good), f"{keyword}: the grammar refuses a valid instance"
     assert _decodable(grammar, bad) != enforced, f"{keyword}: the table says enforced={enforced}"
     if not enforced:  # decodable, so validation after decoding is what refuses it

@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from castline.models.adapter_files import read_adapter_files
-from castline.models.decoding import GrammarCursor, TokenTable
+from castline.models.decoding import TokenTable
+from castline.models.grammars import GrammarCursor
 from castline.models.protocol import (
     AdapterInfo,
     Capability,
@@ -143,7 +144,7 @@ class FakeEngine(Engine):
 
     def _grammar_output(self, request: GenerationRequest, scripted: str | None) -> Generation:
         assert isinstance(request.constraint, OutputSpec)
-        grammar = self.token_table.grammar(request.constraint.regex)
+        grammar = self.token_table.grammar(request.constraint)
         if scripted is not None:
             cursor = grammar.cursor()
             row = np.zeros(EOS + 1, dtype=bool)
@@ -153,7 +154,7 @@ class FakeEngine(Engine):
                 if not row[byte]:
                     raise ValueError(
                         f"scripted output {scripted!r} does not fit the requested output type "
-                        f"(regex {request.constraint.regex[:80]!r})"
+                        f"({request.constraint.grammar_key[:80]})"
                     )
                 cursor.advance(byte)
             return self._record(scripted, True, request.max_new_tokens)
