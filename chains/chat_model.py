@@ -14,7 +14,7 @@ Tool calling is not offered: ``bind_tools`` raises ``NotImplementedError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -23,6 +23,7 @@ from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field
 
 from castline.chains.base import parse_generation
@@ -57,7 +58,9 @@ class CastlineChatModel(BaseChatModel):
         """What LangChain tracing records of a call: provider, model, settings."""
         params = super()._get_ls_params(stop=stop, **kwargs)
         model = kwargs.get("model", self.engine.name)
-        params.update(ls_provider="castline", ls_model_name=model, ls_max_tokens=self.max_new_tokens)
+        params["ls_provider"] = "castline"
+        params["ls_model_name"] = model
+        params["ls_max_tokens"] = self.max_new_tokens
         return params
 
     def _settings(self) -> GenerationSettings:
@@ -160,7 +163,13 @@ class CastlineChatModel(BaseChatModel):
 
         return RunnableLambda(reply, name="CastlineStructuredOutput")
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> Runnable[LanguageModelInput, BaseMessage]:
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         raise NotImplementedError(
             "castline's chat model does not call tools; use with_structured_output(schema) for typed replies"
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from castline.chains.base import Chain
+from castline.chains.base import Chain, Output
 from castline.chains.structured import default_model
 from castline.models.protocol import Capability, Continuation, Engine, Prompt
 from castline.prompts.templates import PromptTemplate, load_template
@@ -62,7 +62,7 @@ def as_labels(labels: Any, descriptions: Mapping[str, str] | None = None) -> Lab
     return found
 
 
-class _LabelChain(Chain[Any]):
+class _LabelChain(Chain[Output]):
     """What single- and multi-label classification share: labels, prompt, calibration."""
 
     default_template: str
@@ -139,7 +139,7 @@ class _LabelChain(Chain[Any]):
         raise NotImplementedError
 
 
-class Classify(_LabelChain):
+class Classify(_LabelChain[Classification]):
     """Single-label classification returning ``Classification`` with every label's probability.
 
     >>> classify = Classify(["positive", "negative"])
@@ -187,7 +187,7 @@ class Classify(_LabelChain):
         )
 
 
-class MultiLabelClassify(_LabelChain):
+class MultiLabelClassify(_LabelChain[MultiLabelClassification]):
     """Multi-label classification: an independent probability per label, and a threshold.
 
     >>> tag = MultiLabelClassify(["billing", "login", "bug"], threshold=0.5)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
-from castline.chains.base import token_budget
+from castline.chains.base import Output, token_budget
 from castline.chains.structured import StructuredChain
 from castline.models.protocol import Capability, Prompt, SpanConstraint
 from castline.schemas.errors import (
@@ -41,8 +41,21 @@ DEFAULT_INSTRUCTION = (
 )
 
 
-class Extract(StructuredChain[Any]):
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class Extract(StructuredChain[Output]):
     """Fill ``schema`` (or a list of it with ``many=True``) from the input text."""
+
+    # Type checkers see Extract(Receipt) as an Extract[Receipt], with many=True an Extract[list[Receipt]].
+    @overload
+    def __init__(
+        self: Extract[_M], schema: type[_M], *, many: Literal[False] = False, **options: Any
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Extract[list[_M]], schema: type[_M], *, many: Literal[True], **options: Any
+    ) -> None: ...
 
     def __init__(
         self,
@@ -68,7 +81,7 @@ class Extract(StructuredChain[Any]):
                 for name, field in schema.model_fields.items()
             ]
         super().__init__(
-            list[schema] if many else schema,
+            list[schema] if many else schema,  # type: ignore[valid-type]  # built at run time
             template=template or ("extract_spans" if spans else "structured"),
             partial_variables=partials,
             **kwargs,

@@ -91,7 +91,8 @@ class RecognizeEntities(Chain[Entities]):
             if (
                 e.get("label") not in self.labels.names
                 or not isinstance(text, str)
-                or e.get("text") not in text
+                or not isinstance(e.get("text"), str)
+                or e["text"] not in text
             ):
                 raise InvalidInputError(
                     f"example {index}: entity {e} needs a label from {list(self.labels.names)} and "

@@ -18,7 +18,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, create_model
 
@@ -26,7 +26,7 @@ from castline.chains.base import Chain, Output, parse_generation, token_budget
 from castline.models.protocol import Capability, Engine, Prompt
 from castline.prompts.templates import PromptTemplate, load_template
 from castline.schemas.errors import InvalidInputError, OutputValidationError
-from castline.schemas.output_types import OutputSpec, output_spec
+from castline.schemas.output_types import OutputSpec, Regex, output_spec
 from castline.schemas.settings import GenerationSettings
 
 DEFAULT_INSTRUCTION = "Read the user's text and answer with exactly the requested output."
@@ -49,6 +49,9 @@ def default_model() -> Engine:
         return _default_model
 
 
+_T = TypeVar("_T")
+
+
 class StructuredChain(Chain[Output]):
     """Render a template, generate under the output type's constraint, return a validated object.
 
@@ -66,6 +69,15 @@ class StructuredChain(Chain[Output]):
             grammar but fails validation; 0 (the default) raises ``OutputValidationError`` at once.
         settings / generation keywords: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``.
     """
+
+    # Type checkers see the output type: StructuredChain(Person) is a StructuredChain[Person],
+    # StructuredChain(Regex(...)) a StructuredChain[str]; label sets and JSON Schema dicts give Any.
+    @overload
+    def __init__(self: StructuredChain[_T], output_type: type[_T], **options: Any) -> None: ...
+    @overload
+    def __init__(self: StructuredChain[str], output_type: Regex, **options: Any) -> None: ...
+    @overload
+    def __init__(self: StructuredChain[Any], output_type: Any, **options: Any) -> None: ...
 
     def __init__(
         self,

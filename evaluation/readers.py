@@ -68,9 +68,11 @@ def read_labeled_csv(
     delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} or "\t" in first_line else ","
     # The reader gets the text as one stream: a quoted field may hold line breaks. A headerless
     # TSV is read without quoting: its texts hold bare quote characters.
-    quoting = csv.QUOTE_NONE if columns and delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.DictReader(
-        io.StringIO(raw, newline=""), fieldnames=columns or None, delimiter=delimiter, quoting=quoting
+        io.StringIO(raw, newline=""),
+        fieldnames=list(columns) if columns else None,
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if columns and delimiter == "\t" else csv.QUOTE_MINIMAL,
     )
     columns = reader.fieldnames or []
     for column in (text_column, label_column):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class AdapterFiles:
         return f"{self.directory.resolve().name}-{self.content_hash}"
 
 
-def read_adapter_files(directory: str | Path) -> AdapterFiles:
+def read_adapter_files(directory: str | os.PathLike[str]) -> AdapterFiles:
     """The adapter in ``directory`` with its JSON read, or a ``ModelLoadError`` saying what is wrong."""
     directory = Path(directory)
     weights, meta_file, config_file = (

@@ -41,7 +41,9 @@ class TokenTable:
     """The bytes of every token id (None for control tokens), and the end-of-turn id.
 
     It also owns the grammars compiled over this vocabulary, by the backend ``grammar_backend``
-    names (default: ``$CASTLINE_GRAMMAR``, else llguidance).
+    names (default: ``$CASTLINE_GRAMMAR``, else llguidance). ``encode`` is the model's own
+    tokenizer for plain text, where there is one: a grammar that forces text (an object's next key)
+    then offers the model the tokens it would have chosen itself.
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class TokenTable:
         eos_id: int,
         special_ids: Iterable[int] = (),
         grammar_backend: str | None = None,
+        encode: Callable[[str], list[int]] | None = None,
     ) -> None:
         self.pieces = list(pieces)
+        self.encode = encode
         self.eos_id = eos_id
         self.special_ids = frozenset(special_ids) | {eos_id}
         self.size = len(self.pieces)
@@ -149,7 +153,7 @@ class VocabularyTrie:
     """Character trie over token texts: walking it along ``text[i:]`` finds tokens spelling the text."""
 
     def __init__(self, texts: dict[int, str]) -> None:
-        self.root: dict = {}
+        self.root: dict[Any, Any] = {}
         self.texts = texts
         for token_id, text in texts.items():
             node = self.root
@@ -160,11 +164,14 @@ class VocabularyTrie:
     def tokens_spelling(self, text: str, start: int, stop: int | None = None) -> list[tuple[int, int]]:
         """``(token_id, length)`` of every token equal to ``text[start:start+length]`` (within stop)."""
         stop = len(text) if stop is None else stop
-        node, found, i = self.root, [], start
+        node = self.root
+        found: list[tuple[int, int]] = []
+        i = start
         while i < stop:
-            node = node.get(text[i])
-            if node is None:
+            child = node.get(text[i])
+            if child is None:
                 break
+            node = child
             i += 1
             found.extend((t, i - start) for t in node.get(_END, ()))
         return found

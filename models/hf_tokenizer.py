@@ -75,7 +75,11 @@ def token_table(tokenizer: PreTrainedTokenizerBase) -> TokenTable:
             pieces[token_id] = bytes(alphabet[ch] for ch in token)
         else:
             pieces[token_id] = token.replace(_SPIECE_SPACE, " ").encode()
-    return TokenTable(pieces, int(tokenizer.eos_token_id), special)
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+
+    return TokenTable(pieces, int(tokenizer.eos_token_id), special, encode=encode)
 
 
 class HFTokenizerText:

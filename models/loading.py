@@ -123,7 +123,7 @@ def converted_gguf_dir(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses to save a GGUF-loaded model while it still carries the quantizer;
     # the weights are already dequantized, so the quantizer has nothing left to describe.
     model.hf_quantizer = None
@@ -195,6 +195,7 @@ def load_model(
     """
     name = engine or default_engine()
     backend = options.pop("grammar_backend", None)
+    model: Any
     if name == "transformers":
         from castline.models.transformers import load_transformers
 

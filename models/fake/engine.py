@@ -170,7 +170,9 @@ class FakeEngine(Engine):
         rule = request.constraint
         assert isinstance(rule, SpanConstraint)
         lines = _script_lines(scripted, rule) if scripted is not None else _word_lines(rule)
-        spans, out, cursor = [], [], 0
+        spans: list[SpanMatch] = []
+        out: list[str] = []
+        cursor = 0
         for label, span in lines:
             if span is None:
                 spans.append(SpanMatch(-1, -1, label, len("\n".join(out)), len("\n".join(out))))

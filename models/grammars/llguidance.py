@@ -28,12 +28,14 @@ from castline.models.grammars import compile_seconds, timed_out
 from castline.schemas.errors import OutputTypeError
 
 if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
     from castline.models.decoding import TokenTable
     from castline.schemas.output_types import OutputSpec
 
 # JSON as castline writes it: at most one space between tokens (a small model likes "a": 1, and
 # runs of whitespace would spend its budget), no line breaks.
-_JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": "[ ]?", "lenient": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": "[ ]?", "lenient": False}
 # Keywords llguidance cannot enforce and would refuse the schema for (Pydantic writes uniqueItems
 # for every set field). They are left out of the grammar only: castline validates every decoded
 # value against the full schema, so a value breaking them is an OutputValidationError, never
@@ -42,9 +44,16 @@ CHECKED_AFTER_DECODING = frozenset({"uniqueItems"})
 
 
 class _TokenBytes:
-    """What ``llguidance.TokenizerWrapper`` reads: token bytes, end-of-turn, special ids, a tokenizer."""
+    """What ``llguidance.TokenizerWrapper`` reads: token bytes, end-of-turn, special ids, a tokenizer.
+
+    llguidance tokenizes text the grammar forces (the rest of a key once its start is unique) and
+    allows only that tokenization there. The model's own tokenizer gives the tokens it would have
+    chosen; where it cannot spell the bytes exactly (a partial character, a tokenizer that adds a
+    leading space), a greedy longest match over the token bytes does.
+    """
 
     def __init__(self, table: TokenTable) -> None:
+        self._encode = table.encode
         self.eos_token_id = table.eos_id
         self.bos_token_id = None
         self.special_token_ids = sorted(table.special_ids)
@@ -56,7 +65,16 @@ class _TokenBytes:
         self._longest = max(map(len, self._ids), default=1)
 
     def __call__(self, data: bytes) -> list[int]:
-        """Greedy longest-match tokenization: llguidance only uses it for forced text, never masks."""
+        if self._encode is not None:
+            try:
+                ids = self._encode(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                ids = []
+            if ids and b"".join(self.tokens[t] for t in ids) == data:
+                return ids
+        return self._greedy(data)
+
+    def _greedy(self, data: bytes) -> list[int]:
         out, i = [], 0
         while i < len(data):
             for n in range(min(self._longest, len(data) - i), 0, -1):

@@ -108,7 +108,7 @@ class LlamaCppEngine(Engine):
                 pieces.append(None)
             else:
                 pieces.append(plain or None)
-        return TokenTable(pieces, self.eos_id, special)
+        return TokenTable(pieces, self.eos_id, special, encode=self.encode_text)
 
     # -- prompts and tokens --------------------------------------------------------------------
 

@@ -286,14 +286,14 @@ def load_adapter(model: TransformersEngine, directory: Path, name: str | None) -
     for key, tensor in state.items():
         check_finite(files, key, tensor.float().cpu().numpy())
     try:
-        config = LoraConfig.from_pretrained(directory)
+        config = LoraConfig.from_pretrained(str(directory))
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory}: adapter_config.json is not a LoRA config ({exc})") from exc
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
     with model._lock, _several_adapters_allowed():
         try:
             inject_adapter_in_model(config, model.hf_model, adapter_name=name)
-            result = set_peft_model_state_dict(model.hf_model, state, adapter_name=name)
+            result: Any = set_peft_model_state_dict(model.hf_model, state, adapter_name=name)
             missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
             if missing or result.unexpected_keys:
                 first = (missing or result.unexpected_keys)[0]

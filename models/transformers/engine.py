@@ -290,7 +290,8 @@ class _CursorMask(LogitsProcessor):
                 allowed[row] = True  # free, or finished (generate pads finished rows anyway)
             else:
                 cursor.mask_into(allowed[row])
-        return scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
+        masked = scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
+        return masked  # type: ignore[return-value]  # transformers annotates FloatTensor, returns Tensor
 
 
 class _ChosenLogprobs(LogitsProcessor):
@@ -388,7 +389,8 @@ def check_loaded(hf_model: PreTrainedModel, directory: Path) -> None:
             "the checkpoint is incomplete or device_map/max_memory left no room for them"
         )
     if getattr(hf_model.config, "tie_word_embeddings", False):
-        head, embed = hf_model.get_output_embeddings(), hf_model.get_input_embeddings()
+        head: Any = hf_model.get_output_embeddings()
+        embed: Any = hf_model.get_input_embeddings()
         untied = head is not None and embed is not None and head.weight.data_ptr() != embed.weight.data_ptr()
         if untied and not torch.equal(head.weight.detach().cpu(), embed.weight.detach().cpu()):
             raise ModelLoadError(

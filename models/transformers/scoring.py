@@ -80,7 +80,7 @@ def _prefix_cache(model: TransformersEngine, prefix: list[int]) -> list[tuple[to
             use_cache=True,
             **_cache_argument(model, cache),
         )
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]
     model._scoring_prefix = (key, layers)
     return layers
 
