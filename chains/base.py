@@ -14,20 +14,23 @@ or bound once with ``chain.bind(temperature=0.7, seed=1)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
+from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ValidationError
 
 from castline.chains.coalescing import MicroBatcher
+from castline.chains.streaming import HOOKS, CallHooks, ModelCallReport, astream_outputs, stream_outputs
 from castline.models.protocol import (
     Capability,
     Constraint,
@@ -190,12 +193,28 @@ class Chain(Runnable[Any, Output], ABC):
         settings: GenerationSettings,
         budget: int,
     ) -> list[Generation | CastlineError]:
-        """One engine call for ``prompts``, each under its constraint, with this chain's adapter."""
+        """One engine call for ``prompts``, each under its constraint, with this chain's adapter.
+
+        The call is reported to LangChain callbacks, and its tokens handed on as they arrive, when
+        the chain call asked for them (``castline.chains.streaming``).
+        """
+        report = ModelCallReport(HOOKS.get(), self.model.name, [p.text for p in prompts])
+        streaming = report.wants_tokens and Capability.STREAMING in self.model.capabilities
         requests = [
-            GenerationRequest(p, c, settings, budget, self.adapter)
-            for p, c in zip(prompts, constraints, strict=True)
+            GenerationRequest(p, c, settings, budget, self.adapter, report.sink(i) if streaming else None)
+            for i, (p, c) in enumerate(zip(prompts, constraints, strict=True))
         ]
-        return self.model.generate(requests)
+        try:
+            results = self.model.generate(requests)
+        except BaseException as exc:
+            report.fail(exc)
+            raise
+        report.finish(results)
+        return results
+
+    def _partial(self, text: str) -> Any | None:
+        """A partial output from the text the model has written so far (None: none to show)."""
+        return None
 
     def _adapter_changed(self) -> None:
         """Hook for chains that cache model-dependent state (classification's calibration prior)."""
@@ -215,13 +234,24 @@ class Chain(Runnable[Any, Output], ABC):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
         settings = self._settings_for(kwargs)
 
-        def run_one(value: Any) -> Output:
-            result = self._run_batch([self._coerce_input(value)], settings)[0]
+        def run_one(value: Any, run_manager: CallbackManagerForChainRun) -> Output:
+            with _reporting_to(run_manager):
+                result = self._run_batch([self._coerce_input(value)], settings)[0]
             if isinstance(result, Exception):
                 raise result
             return result
 
         return self._call_with_config(run_one, input, config)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Output]:
+        """Partial outputs as the model writes them (JSON output types), then the final output."""
+        yield from stream_outputs(lambda: self.invoke(input, config, **kwargs), self._partial)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Output]:
+        async for item in astream_outputs(lambda: self.stream(input, config, **kwargs)):
+            yield item
 
     def batch(
         self,
@@ -233,7 +263,9 @@ class Chain(Runnable[Any, Output], ABC):
     ) -> list[Output]:
         settings = self._settings_for(kwargs)
 
-        def run_all(values: list[Any]) -> list[Output | Exception]:
+        def run_all(
+            values: list[Any], run_manager: list[CallbackManagerForChainRun]
+        ) -> list[Output | Exception]:
             coerced: list[dict[str, Any] | Exception] = []
             for value in values:
                 try:
@@ -246,8 +278,10 @@ class Chain(Runnable[Any, Output], ABC):
             # max_concurrency bounds how many inputs go to the model at once.
             step = max(1, _max_concurrency(config) or len(valid) or 1)
             done: list[Output | Exception] = []
-            for start in range(0, len(valid), step):
-                done += self._run_batch(valid[start : start + step], settings)
+            # One model call serves every input: its runs are reported under the first input's run.
+            with _reporting_to(run_manager[0] if run_manager else None):
+                for start in range(0, len(valid), step):
+                    done += self._run_batch(valid[start : start + step], settings)
             results = iter(done)
             out = [c if isinstance(c, Exception) else next(results) for c in coerced]
             if not return_exceptions:
@@ -294,6 +328,20 @@ class Chain(Runnable[Any, Output], ABC):
             window = self.coalesce_window or 0.0
             batchers[settings] = MicroBatcher(lambda items: self._run_batch(items, settings), window)
         return batchers[settings]
+
+
+@contextlib.contextmanager
+def _reporting_to(run_manager: CallbackManagerForChainRun | None) -> Iterator[None]:
+    """Model calls made inside report to LangChain under ``run_manager``'s run."""
+    if run_manager is None:
+        yield
+        return
+    outer = HOOKS.get()
+    token = HOOKS.set(CallHooks(run_manager.get_child(), outer.on_text if outer else None))
+    try:
+        yield
+    finally:
+        HOOKS.reset(token)
 
 
 def _max_concurrency(config: RunnableConfig | list[RunnableConfig] | None) -> int | None:

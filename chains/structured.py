@@ -23,6 +23,7 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel, create_model
 
 from castline.chains.base import Chain, Output, parse_generation, token_budget
+from castline.chains.streaming import partial_output
 from castline.models.protocol import Capability, Engine, Prompt
 from castline.prompts.templates import PromptTemplate, load_template
 from castline.schemas.errors import InvalidInputError, OutputValidationError
@@ -135,6 +136,9 @@ class StructuredChain(Chain[Output]):
         if self.spec.kind == "labels" and self.serialize(value) not in self.spec.labels:
             raise InvalidInputError(f"label {output!r} is not one of {list(self.spec.labels)}")
         return self.prompt_for(input), self.serialize(value)
+
+    def _partial(self, text: str) -> Any | None:
+        return partial_output(self.spec, text)
 
     def adapter_payload(self) -> dict[str, Any]:
         return {"task": type(self).__name__, "output": self.spec.grammar_key}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,7 @@ class Capability(str, enum.Enum):
     ADAPTERS = "adapters"  # LoRA adapters loaded from disk and chosen per request
     TRAINING = "training"  # training new LoRA adapters
     MERGE = "merge"  # a copy of the model with an adapter merged into its weights
+    STREAMING = "streaming"  # calls each request's on_token as its tokens are chosen
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,18 @@ Constraint = OutputSpec | SpanConstraint | None
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One output to generate."""
+    """One output to generate.
+
+    ``on_token``, where the engine has ``Capability.STREAMING``, is called with the bytes of each
+    output token as it is chosen (end-of-turn excluded), from the thread that generates.
+    """
 
     prompt: Prompt
     constraint: Constraint = None
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     max_new_tokens: int = 256
     adapter: str | None = None
+    on_token: Callable[[bytes], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class FakeEngine(Engine):
 
     engine_name: ClassVar[str] = "fake"
     capabilities: frozenset[Capability] = frozenset(
-        {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS}
+        {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS, Capability.STREAMING}
     )
 
     def __init__(
@@ -120,6 +120,10 @@ class FakeEngine(Engine):
             else:
                 text = scripted if scripted is not None else "fake output"
                 results.append(self._record(text, complete=True, budget=request.max_new_tokens))
+            generation = results[-1]
+            if request.on_token is not None and isinstance(generation, Generation):
+                for byte in generation.token_ids:  # the fake's tokens are bytes
+                    request.on_token(bytes([byte]))
         return results
 
     def _scripted(self, request: GenerationRequest) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,7 +65,7 @@ class LlamaCppEngine(Engine):
 
     engine_name: ClassVar[str] = "llamacpp"
     capabilities: frozenset[Capability] = frozenset(
-        {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS}
+        {Capability.GRAMMAR, Capability.SPANS, Capability.SCORE, Capability.ADAPTERS, Capability.STREAMING}
     )
 
     def __init__(self, llm: Any, name: str) -> None:
@@ -232,11 +232,18 @@ class LlamaCppEngine(Engine):
                 continue
             with self._lock:
                 self._activate(request.adapter)
-                results.append(self._decode(ids, cursor, request.settings, request.max_new_tokens))
+                results.append(
+                    self._decode(ids, cursor, request.settings, request.max_new_tokens, request.on_token)
+                )
         return results
 
     def _decode(
-        self, ids: list[int], cursor: Cursor | None, settings: GenerationSettings, budget: int
+        self,
+        ids: list[int],
+        cursor: Cursor | None,
+        settings: GenerationSettings,
+        budget: int,
+        on_token: Callable[[bytes], None] | None = None,
     ) -> Generation:
         rng = np.random.default_rng(settings.seed)
         logits = self._feed(ids)
@@ -257,6 +264,8 @@ class LlamaCppEngine(Engine):
                 cursor.advance(token)
             if token == self.eos_id:
                 break
+            if on_token is not None:
+                on_token(self.token_table.pieces[token] or b"")
             self.llm.eval([token])
             logits = self._last_logits()
         ended = bool(tokens) and tokens[-1] == self.eos_id

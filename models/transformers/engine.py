@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -192,7 +192,11 @@ class TransformersEngine(HFTokenizerText, Engine):
                 rows = runnable[start : start + GENERATE_ROWS]
                 with self.using(adapter):
                     generations = self._generate_group(
-                        [x for _, x in rows], cursors[start : start + GENERATE_ROWS], settings, budget
+                        [x for _, x in rows],
+                        cursors[start : start + GENERATE_ROWS],
+                        settings,
+                        budget,
+                        [requests[i].on_token for i, _ in rows],
                     )
                 for (i, _), generation in zip(rows, generations, strict=True):
                     results[i] = generation
@@ -200,7 +204,12 @@ class TransformersEngine(HFTokenizerText, Engine):
         return results  # type: ignore[return-value]
 
     def _generate_group(
-        self, prompt_ids: list[list[int]], cursors: list[Cursor | None], settings: Any, budget: int
+        self,
+        prompt_ids: list[list[int]],
+        cursors: list[Cursor | None],
+        settings: Any,
+        budget: int,
+        sinks: Sequence[Callable[[bytes], None] | None] = (),
     ) -> list[Generation]:
         width = max(len(x) for x in prompt_ids)
         pad = self.tokenizer.pad_token_id
@@ -211,6 +220,9 @@ class TransformersEngine(HFTokenizerText, Engine):
         constraint = _CursorMask(cursors)
         record = _ChosenLogprobs()
         processors = LogitsProcessorList([constraint, record])
+        stream = _TokenStream(sinks, self.token_table.pieces, self.eos_id) if any(sinks) else None
+        if stream is not None:
+            processors.append(stream)
         sampling = settings.temperature > 0
         if sampling:
             # Warpers after the mask, so top-p picks among allowed tokens only; log-probs are read
@@ -236,6 +248,8 @@ class TransformersEngine(HFTokenizerText, Engine):
                 logits_processor=processors,
             )
         rows = out.sequences[:, width:].tolist()
+        if stream is not None:
+            stream.finish(rows)
         logprobs = record.finish(out.sequences[:, -1])
         return [
             self._finish(row, lp, cursor) for row, lp, cursor in zip(rows, logprobs, cursors, strict=True)
@@ -292,6 +306,44 @@ class _CursorMask(LogitsProcessor):
                 cursor.mask_into(allowed[row])
         masked = scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
         return masked  # type: ignore[return-value]  # transformers annotates FloatTensor, returns Tensor
+
+
+class _TokenStream(LogitsProcessor):
+    """Hands each row's chosen tokens to its request's ``on_token`` while generation runs.
+
+    A processor sees the token chosen at the previous step; ``finish`` sends the last ones, which
+    generate never shows its processors.
+    """
+
+    def __init__(
+        self, sinks: Sequence[Callable[[bytes], None] | None], pieces: Sequence[bytes | None], eos_id: int
+    ) -> None:
+        self.sinks, self.pieces, self.eos_id = list(sinks), pieces, eos_id
+        self.sent = [0] * len(self.sinks)  # tokens handed over per row
+        self.ended = [False] * len(self.sinks)
+        self.started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.started:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                self._send(row, token)
+        self.started = True
+        return scores
+
+    def _send(self, row: int, token: int) -> None:
+        sink = self.sinks[row]
+        if sink is None or self.ended[row]:
+            return
+        if token == self.eos_id:
+            self.ended[row] = True  # what follows is padding
+            return
+        self.sent[row] += 1
+        sink((self.pieces[token] or b"") if token < len(self.pieces) else b"")
+
+    def finish(self, rows: list[list[int]]) -> None:
+        for row, tokens in enumerate(rows):
+            for token in tokens[self.sent[row] :]:
+                self._send(row, token)
 
 
 class _ChosenLogprobs(LogitsProcessor):
