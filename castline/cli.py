@@ -5,6 +5,7 @@
     castline evaluate qa squad-dev.json --limit 100
     castline evaluate extract receipts.jsonl --schema myapp.schemas:Receipt --spans
     castline train classify train.csv --out adapters/intents --sample 800 --eval dev.csv --json
+    castline train --config train.toml --epochs 2       (settings from a TOML file; flags win)
     castline evaluate classify test.csv --adapter adapters/intents
     castline predict ner texts.txt --labels person,city --out entities.jsonl
 
@@ -43,7 +44,8 @@ EXIT_BAD_INPUT = 2  # as argparse's usage errors
 EXIT_MODEL_FAILURE = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``train_defaults`` (from ``--config``) replace the train options' defaults."""
     parser = argparse.ArgumentParser(
         prog="castline", description="Typed results from a local language model."
     )
@@ -55,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = commands.add_parser("train", help="train a LoRA adapter for a task chain from a labeled file")
     pr = commands.add_parser("predict", help="run a task chain over unlabeled inputs and write JSONL")
     for sub in (ev, tr, pr):
-        sub.add_argument("task", choices=TASKS)
+        optional = "?" if sub is tr else None  # train may take them from --config
+        sub.add_argument("task", choices=TASKS, nargs=optional)
         sub.add_argument(
             "data",
             type=Path,
+            nargs=optional,
             help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract); predict: JSONL of "
             "input objects, or one text per line",
         )
@@ -103,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--served-model", help="--engine openai: the served model name (default: the only one)"
         )
     pr.add_argument("--out", type=Path, help="the JSONL file to write (default: standard output)")
-    tr.add_argument("--out", type=Path, required=True, help="directory to write the adapter to")
+    tr.add_argument("--config", type=Path, help="a TOML file of train settings (flags given here win)")
+    tr.add_argument("--write-config", type=Path, help="write the settings to this TOML file and stop")
+    tr.add_argument("--out", type=Path, help="directory to write the adapter to (required)")
     tr.add_argument("--eval", type=Path, help="labeled file evaluated after training (same format)")
     tr.add_argument("--rank", type=int, default=16)
     tr.add_argument("--alpha", type=int, default=32)
@@ -111,12 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--epochs", type=int, default=1)
     tr.add_argument("--grad-accum", type=int, default=1)
+    if train_defaults:
+        tr.set_defaults(**train_defaults)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "train" and args.config:
+            from castline.train_config import read_train_config
+
+            args = build_parser(read_train_config(args.config)).parse_args(argv)
+        if args.command == "train" and args.write_config:
+            from castline.train_config import write_train_config
+
+            write_train_config(vars(args), args.write_config)
+            print(f"train settings written to {args.write_config}", file=sys.stderr)
+            return 0
         if args.command == "predict":
             run_predict(args)
             return 0
@@ -203,6 +221,11 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     from castline.models import load_model
     from castline.models.transformers.adapters import LoraSettings
 
+    missing = [name for name in ("task", "data", "out") if getattr(args, name) is None]
+    if missing:
+        raise UserError(f"train needs {', '.join(missing)}: give them as arguments or in --config")
+    if args.task not in TASKS:
+        raise UserError(f"task must be one of {list(TASKS)}, not {args.task!r}")
     args.few_shot = 0
     data, _, every = _load(args)
     held_out = _read(args.task, args.eval, args) if args.eval else None

@@ -83,6 +83,8 @@ class ModelCallReport:
         return on_token
 
     def finish(self, results: Sequence[Generation | CastlineError]) -> None:
+        if not self.runs:
+            return  # nobody asked (a coalesced ainvoke batch serves several callers)
         for run, result in zip(self.runs, results, strict=True):
             if isinstance(result, Exception):
                 run.on_llm_error(result)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from castline.cli import load_schema, main, model_from_json_schema
+from castline.cli import EXIT_BAD_INPUT, load_schema, main, model_from_json_schema
 from castline.evaluation.metrics import (
     accuracy,
     entity_prf,
@@ -316,3 +316,44 @@ def test_report_counts_errors_by_kind_and_keeps_the_other_items():
     assert report.errors == 1 and report.error_kinds == {"InvalidInputError": 1}
     assert report.metrics["exact_match"] > 0  # the fake copies the first word: both others right
     assert "InvalidInputError: 1" in report.summary()
+
+
+def test_train_settings_round_trip_through_a_toml_config(tmp_path):
+    from castline.train_config import read_train_config
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nx,a\ny,b\n")
+    config = tmp_path / "train.toml"
+    flags = ["train", "classify", str(data), "--out", str(tmp_path / "ad"), "--rank", "4", "--lr", "0.001"]
+    assert main([*flags, "--labels", "a,b", "--write-config", str(config)]) == 0
+    settings = read_train_config(config)
+    assert settings["task"] == "classify" and settings["data"] == data and settings["rank"] == 4
+    assert settings["lr"] == 0.001 and settings["labels"] == "a,b"
+    # The file gives the defaults; a flag on the command line wins.
+    again = tmp_path / "again.toml"
+    assert main(["train", "--config", str(config), "--rank", "2", "--write-config", str(again)]) == 0
+    assert read_train_config(again) == {**settings, "rank": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[training]\nrnak = 4\n", "unknown setting"),
+        ("epochs = 'two'\n", "epochs must be int"),
+        ("rank = true\n", "rank must be int"),
+        ("task = 'summarize'\n", "task must be one of"),
+        ("labels = [1, 2]\n", "labels must be a list of strings"),
+        ("[a]\nrank = 1\n[b]\nrank = 2\n", "set twice"),
+        ("rank = \n", "not valid TOML"),
+    ],
+)
+def test_a_bad_train_config_is_refused_naming_the_setting(tmp_path, capsys, text, message):
+    config = tmp_path / "train.toml"
+    config.write_text(text)
+    assert main(["train", "--config", str(config)]) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+
+
+def test_train_without_task_data_or_out_says_what_is_missing(capsys):
+    assert main(["train", "--epochs", "1"]) == EXIT_BAD_INPUT
+    assert "train needs task, data, out" in capsys.readouterr().err
