@@ -21,6 +21,8 @@ _EXPORTS = {
     "RecognizeEntities": "castline.chains",
     "AnswerQuestion": "castline.chains",
     "Extract": "castline.chains",
+    "Summarize": "castline.chains",
+    "Translate": "castline.chains",
     "load_model": "castline.models",
     "Engine": "castline.models",
     "FakeEngine": "castline.models",

@@ -31,15 +31,17 @@ from castline.evaluation.readers import (
     LabeledText,
     QAExample,
     TaggedSentence,
+    TextPair,
     read_conll,
     read_jsonl,
     read_labeled_csv,
     read_squad,
+    read_text_pairs,
     select,
 )
 from castline.schemas.errors import CastlineError, DataError, UserError
 
-TASKS = ("classify", "ner", "qa", "extract")
+TASKS = ("classify", "ner", "qa", "extract", "summarize", "translate")
 EXIT_BAD_INPUT = 2  # as argparse's usage errors
 EXIT_MODEL_FAILURE = 3
 
@@ -91,6 +93,13 @@ def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.Argum
         )
         sub.add_argument("--schema", help="extract: module:Class (a Pydantic model) or a JSON Schema file")
         sub.add_argument("--spans", action="store_true", help="extract: copy every field from the text")
+        sub.add_argument(
+            "--reference-column",
+            help="summarize/translate: the field holding the reference (default: summary / translation)",
+        )
+        sub.add_argument("--max-words", type=int, default=60, help="summarize: the summary's length")
+        sub.add_argument("--target-language", help="translate: the language to translate into")
+        sub.add_argument("--source-language", help="translate: the source texts' language")
         sub.add_argument("--batch-size", type=int, default=None)
         sub.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
     ev.add_argument(
@@ -269,6 +278,8 @@ def _pair(task: str, record: Any) -> tuple[dict[str, Any], Any]:
         return {"question": record.question, "context": record.context}, (
             record.answers[0][0] if record.answers else None
         )
+    if isinstance(record, TextPair):
+        return {"text": record.text}, record.reference
     return {"text": record.text}, record.output
 
 
@@ -280,6 +291,9 @@ def _read(task: str, path: Path, args: argparse.Namespace) -> list[Any]:
         return read_conll(path)
     if task == "qa":
         return read_squad(path)
+    if task in ("summarize", "translate"):
+        reference = args.reference_column or ("summary" if task == "summarize" else "translation")
+        return read_text_pairs(path, args.text_column, reference)
     return read_jsonl(path)
 
 
@@ -341,6 +355,20 @@ def _chain(args: argparse.Namespace, model: Any, data: list[Any], shots: list[An
             if isinstance(x, QAExample)
         ]
         return AnswerQuestion(model=model, allow_no_answer=args.allow_no_answer, examples=examples)
+    if args.task == "summarize":
+        from castline.chains.summarize import Summarize
+
+        examples = [{"text": x.text, "summary": x.reference} for x in shots if isinstance(x, TextPair)]
+        return Summarize(max_words=args.max_words, model=model, examples=examples)
+    if args.task == "translate":
+        from castline.chains.translate import Translate
+
+        if not args.target_language:
+            raise UserError("translate needs --target-language, e.g. --target-language French")
+        examples = [{"text": x.text, "translation": x.reference} for x in shots if isinstance(x, TextPair)]
+        return Translate(
+            args.target_language, source_language=args.source_language, model=model, examples=examples
+        )
     from castline.chains.extract import Extract
 
     if not args.schema:

@@ -52,6 +52,10 @@ TRAIN_KEYS: dict[str, type] = {
     "seed": int,
     "schema": str,
     "spans": bool,
+    "reference_column": str,
+    "max_words": int,
+    "target_language": str,
+    "source_language": str,
     "no_calibration": bool,
     "allow_no_answer": bool,
     "batch_size": int,
@@ -62,7 +66,10 @@ TRAIN_KEYS: dict[str, type] = {
     "epochs": int,
     "grad_accum": int,
 }
-CHOICES = {"task": ("classify", "ner", "qa", "extract"), "engine": ("transformers", "llamacpp", "openai")}
+CHOICES = {
+    "task": ("classify", "ner", "qa", "extract", "summarize", "translate"),
+    "engine": ("transformers", "llamacpp", "openai"),
+}
 
 
 def read_train_config(path: Path) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from castline.chains.extract import Extract
 from castline.chains.ner import RecognizeEntities
 from castline.chains.qa import AnswerQuestion
 from castline.chains.structured import StructuredChain, default_model
+from castline.chains.summarize import Summarize
+from castline.chains.translate import Translate
 
 __all__ = [
     "AnswerQuestion",
@@ -17,5 +19,7 @@ __all__ = [
     "MultiLabelClassify",
     "RecognizeEntities",
     "StructuredChain",
+    "Summarize",
+    "Translate",
     "default_model",
 ]

@@ -22,9 +22,11 @@ from castline.evaluation.metrics import (
     macro_f1,
     per_label_prf,
     per_type_prf,
+    rouge_scores,
     squad_scores,
+    translation_scores,
 )
-from castline.evaluation.readers import ExtractionExample, LabeledText, QAExample, TaggedSentence
+from castline.evaluation.readers import ExtractionExample, LabeledText, QAExample, TaggedSentence, TextPair
 
 
 class Report(BaseModel):
@@ -150,6 +152,23 @@ def evaluate_extract(chain: Any, data: Sequence[ExtractionExample], batch_size: 
     return _report("extract", chain, [{"text": x.text} for x in data], batch_size, score)
 
 
+def evaluate_text_pairs(chain: Any, data: Sequence[TextPair], batch_size: int = 4) -> Report:
+    """Summaries against reference summaries (ROUGE), translations against references (chrF, BLEU)."""
+    from castline.chains.summarize import Summarize
+
+    summaries = isinstance(chain, Summarize)
+
+    def score(outputs: list[Any]) -> dict[str, float]:
+        written = [
+            None if isinstance(o, Exception) else o.summary if summaries else o.translation for o in outputs
+        ]
+        references = [x.reference for x in data]
+        return rouge_scores(references, written) if summaries else translation_scores(references, written)
+
+    task = "summarize" if summaries else "translate"
+    return _report(task, chain, [{"text": x.text} for x in data], batch_size, score)
+
+
 def evaluate(chain: Any, data: Sequence[Any], batch_size: int | None = None) -> Report:
     """Evaluate ``chain`` on ``data``; the task follows from the records' type."""
     if not data:
@@ -160,6 +179,7 @@ def evaluate(chain: Any, data: Sequence[Any], batch_size: int | None = None) -> 
         (TaggedSentence, evaluate_ner),
         (QAExample, evaluate_qa),
         (ExtractionExample, evaluate_extract),
+        (TextPair, evaluate_text_pairs),
     ):
         if isinstance(first, record_type):
             return fn(chain, data, batch_size) if batch_size else fn(chain, data)

@@ -1,4 +1,5 @@
-"""Metrics: accuracy and macro-F1, entity-level strict P/R/F1, SQuAD EM/F1, field accuracy."""
+"""Metrics: accuracy and macro-F1, entity-level strict P/R/F1, SQuAD EM/F1, field accuracy, ROUGE
+for summaries (``rouge-score``) and chrF / BLEU for translations (``sacrebleu``)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,39 @@ def field_accuracy(
         per_field[name] = hits / len(gold) if gold else 0.0
     mean = sum(per_field.values()) / len(per_field) if per_field else 0.0
     return {"field_accuracy": mean, **per_field}
+
+
+def _metric_package(name: str) -> Any:
+    import importlib
+
+    from castline.schemas.errors import UserError
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"this metric needs {name}: pip install 'castline[eval]'") from None
+
+
+def rouge_scores(references: Sequence[str], predicted: Sequence[str | None]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measure in percent (Porter stemming, as the ROUGE-1.5.5
+    defaults most papers report); a missing summary scores 0."""
+    rouge_scorer = _metric_package("rouge_score.rouge_scorer")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = Counter[str]()
+    for reference, summary in zip(references, predicted, strict=True):
+        if summary is None:
+            continue
+        for name, score in scorer.score(reference, summary).items():
+            totals[name] += score.fmeasure
+    n = len(references) or 1
+    return {name: round(100 * totals[name] / n, 2) for name in ("rouge1", "rouge2", "rougeL")}
+
+
+def translation_scores(references: Sequence[str], predicted: Sequence[str | None]) -> dict[str, float]:
+    """Corpus chrF and BLEU (sacrebleu's defaults); a missing translation counts as empty."""
+    sacrebleu = _metric_package("sacrebleu")
+    hypotheses = [p or "" for p in predicted]
+    return {
+        "chrf": round(sacrebleu.corpus_chrf(hypotheses, [list(references)]).score, 2),
+        "bleu": round(sacrebleu.corpus_bleu(hypotheses, [list(references)]).score, 2),
+    }

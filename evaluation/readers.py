@@ -1,4 +1,4 @@
-"""Readers for labeled data: CSV/TSV, CoNLL (BIO or IOB1), SQuAD JSON, and JSONL.
+"""Readers for labeled data: CSV/TSV, CoNLL (BIO or IOB1), SQuAD JSON, JSONL, and text pairs.
 
 Each reader returns plain typed records and fails with a ``DataError`` naming the file, the line
 and the problem; nothing is skipped silently.
@@ -43,6 +43,14 @@ class QAExample:
     question: str
     context: str
     answers: tuple[tuple[str, int], ...]  # (text, answer_start); empty when impossible
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """A text and the reference output written for it (a summary, a translation)."""
+
+    text: str
+    reference: str
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,35 @@ def read_jsonl(path: str | Path) -> list[ExtractionExample]:
     if not examples:
         raise DataError(f"{path}: no records found")
     return examples
+
+
+def read_text_pairs(path: str | Path, text_field: str, reference_field: str) -> list[TextPair]:
+    """Texts and references: JSONL objects with the two fields, or a CSV/TSV with the two columns
+    (a header row names them)."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = list(_json_objects(path))
+    else:
+        raw = _read_text(path)
+        delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} or "\t" in raw.split("\n", 1)[0] else ","
+        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter)
+        rows = [(i, dict(row)) for i, row in enumerate(reader, start=2)]
+    pairs = []
+    for line_no, record in rows:
+        text, reference = record.get(text_field), record.get(reference_field)
+        if (
+            not isinstance(text, str)
+            or not isinstance(reference, str)
+            or not text.strip()
+            or not reference.strip()
+        ):
+            raise DataError(
+                f"{path}: line {line_no}: expected non-empty {text_field!r} and {reference_field!r} strings"
+            )
+        pairs.append(TextPair(text, reference))
+    if not pairs:
+        raise DataError(f"{path}: no records found")
+    return pairs
 
 
 def read_inputs(path: str | Path) -> list[dict[str, Any]]:

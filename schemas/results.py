@@ -139,3 +139,30 @@ def whitespace_spans(text: str) -> list[tuple[int, int]]:
     if start is not None:
         spans.append((start, len(text)))
     return spans
+
+
+class Summary(BaseModel):
+    """A summary of one text, written by the model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str = Field(description="the summary")
+    windows: int = Field(1, description="parts the text was summarized in before their summaries merged")
+
+    def to_pipeline(self) -> dict[str, Any]:
+        """The ``transformers`` summarization pipeline format: ``{"summary_text": ...}``."""
+        return {"summary_text": self.summary}
+
+
+class Translation(BaseModel):
+    """A text translated into the target language, window by window for long inputs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    translation: str = Field(description="the translated text")
+    target_language: str = Field(description="the language it was translated into")
+    source_language: str | None = Field(None, description="the source language, when it was given")
+
+    def to_pipeline(self) -> dict[str, Any]:
+        """The ``transformers`` translation pipeline format: ``{"translation_text": ...}``."""
+        return {"translation_text": self.translation}

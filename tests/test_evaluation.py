@@ -341,7 +341,7 @@ def test_train_settings_round_trip_through_a_toml_config(tmp_path):
         ("[training]\nrnak = 4\n", "unknown setting"),
         ("epochs = 'two'\n", "epochs must be int"),
         ("rank = true\n", "rank must be int"),
-        ("task = 'summarize'\n", "task must be one of"),
+        ("task = 'poetry'\n", "task must be one of"),
         ("labels = [1, 2]\n", "labels must be a list of strings"),
         ("[a]\nrank = 1\n[b]\nrank = 2\n", "set twice"),
         ("rank = \n", "not valid TOML"),
