@@ -26,7 +26,7 @@ class Summarize(TextChain[Summary]):
     """Summarize a text in at most ``max_words`` words (asked of the model, and its token budget).
 
     Args:
-        max_words: the summary's length; the token budget is ``2 * max_words + 16``.
+        max_words: the summary's length, held by the grammar (one paragraph ending a sentence).
         examples: few-shot ``{"text": ..., "summary": ...}`` dicts.
         window_tokens: longest text summarized in one pass; longer ones are summarized in parts.
     """
@@ -45,11 +45,10 @@ class Summarize(TextChain[Summary]):
         settings: GenerationSettings | None = None,
         **generation: Any,
     ) -> None:
-        if max_words < 1 or 4 * (2 * max_words + 16) > window_tokens:
+        if max_words < 1 or 4 * max_words > window_tokens:
             raise InvalidInputError(
-                f"max_words must be at least 1 and a summary's budget (2 * max_words + 16 tokens) at most "
-                f"a quarter of window_tokens ({window_tokens}), so that merged summaries shrink; got "
-                f"{max_words}"
+                f"max_words must be at least 1 and at most a quarter of window_tokens ({window_tokens}), "
+                f"so that merged summaries shrink; got {max_words}"
             )
         self.max_words = max_words
         super().__init__(
@@ -78,7 +77,7 @@ class Summarize(TextChain[Summary]):
                 for i, text in pending.items()
                 for s, e in sentence_windows(text, self.model, self.window_tokens)
             ]
-            written = self._write([p for _, p in parts], settings, 2 * self.max_words + 16)
+            written = self._write([p for _, p in parts], settings, [self.max_words] * len(parts), True)
             by_item: dict[int, list[str]] = {}
             for (i, _), out in zip(parts, written, strict=True):
                 if isinstance(out, Exception):

@@ -1,7 +1,9 @@
 """Chains that write free text about their input: ``Summarize`` and ``Translate``.
 
-The output is the model's text, unconstrained, read to its end-of-turn: an output cut off by the
-token budget is a ``TruncatedOutputError``, never a shortened result. Inputs longer than
+The output is one paragraph of at most a given number of words, held to that by the grammar
+(words of up to 40 characters, single spaces, no line breaks; a summary also ends at a sentence's
+end), so a small model that would run on has to stop instead. An output the token budget still
+cuts off is a ``TruncatedOutputError``, never a shortened result. Inputs longer than
 ``window_tokens`` are split (``chains/windows.py``); each chain says how its parts merge.
 """
 
@@ -15,9 +17,10 @@ from pydantic import BaseModel, Field
 
 from castline.chains.base import Chain, Output, token_budget
 from castline.chains.structured import default_model
-from castline.models.protocol import Engine, Prompt
+from castline.models.protocol import Capability, Engine, Prompt
 from castline.prompts.templates import PromptTemplate, load_template
 from castline.schemas.errors import CastlineError, InvalidInputError, ModelOutputError, TruncatedOutputError
+from castline.schemas.output_types import OutputSpec, Regex, output_spec
 from castline.schemas.settings import GenerationSettings
 
 
@@ -42,6 +45,7 @@ class TextChain(Chain[Output]):
         generation: Mapping[str, Any],
     ) -> None:
         self.model = model or default_model()
+        self.model.require(Capability.GRAMMAR, type(self).__name__)
         self.settings = (settings or GenerationSettings()).merged(dict(generation))
         self.input_model = TextInput
         self.template = load_template(template)
@@ -70,15 +74,16 @@ class TextChain(Chain[Output]):
         return self.prompt_for(text), written.strip()
 
     def _write(
-        self, texts: list[str], settings: GenerationSettings, budget: int
+        self, texts: list[str], settings: GenerationSettings, max_words: list[int], sentence_end: bool
     ) -> list[str | CastlineError]:
-        """The model's text for each of ``texts`` (one generation each), or the error in its place."""
+        """The model's text for each of ``texts`` (one generation each, at most ``max_words`` words,
+        ending at a sentence's end when ``sentence_end``), or the error in its place."""
         if not texts:
             return []
-        budget = token_budget(settings, budget)
-        generations = self._generate(
-            [self.prompt_for(t) for t in texts], [None] * len(texts), settings, budget
-        )
+        # Words are at most 40 characters, so a token budget of 3 per word is rarely reached.
+        budget = token_budget(settings, 3 * max(max_words) + 16)
+        specs = [_paragraph(n, sentence_end) for n in max_words]
+        generations = self._generate([self.prompt_for(t) for t in texts], list(specs), settings, budget)
         written: list[str | CastlineError] = []
         for generation in generations:
             if isinstance(generation, CastlineError):
@@ -90,3 +95,13 @@ class TextChain(Chain[Output]):
             else:
                 written.append(generation.text.strip())
         return written
+
+
+_WORD = "[^ \\n\\t]{1,40}"
+_SENTENCE_END = "[.!?。！？]"
+
+
+def _paragraph(max_words: int, sentence_end: bool) -> OutputSpec:
+    """Up to ``max_words`` words on one line; with ``sentence_end`` the last one ends a sentence."""
+    last = f"[^ \\n\\t]{{0,39}}{_SENTENCE_END}" if sentence_end else _WORD
+    return output_spec(Regex(f"(?:{_WORD} ){{0,{max(0, max_words - 1)}}}{last}"))

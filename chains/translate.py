@@ -28,8 +28,8 @@ class Translate(TextChain[Translation]):
         target_language: the language to translate into.
         source_language: the text's language, when known (the prompt then names it).
         examples: few-shot ``{"text": ..., "translation": ...}`` dicts.
-        window_tokens: longest part translated in one pass; the token budget of a part is twice its
-            length plus 16.
+        window_tokens: longest part translated in one pass. A part's translation may have twice its
+            words plus 8.
     """
 
     output_key = "translation"
@@ -75,8 +75,10 @@ class Translate(TextChain[Translation]):
             for i, text in enumerate(texts)
             for s, e in sentence_windows(text, self.model, self.window_tokens)
         ]
-        longest = max((self.model.count_tokens(texts[i][s:e]) for i, s, e in parts), default=0)
-        written = self._write([texts[i][s:e] for i, s, e in parts], settings, 2 * longest + 16)
+        # A translation may have twice the source's words and 8 more: room for any language pair,
+        # not for a model that runs on.
+        sources = [texts[i][s:e] for i, s, e in parts]
+        written = self._write(sources, settings, [2 * len(x.split()) + 8 for x in sources], False)
         results: list[Any] = [
             None if text.strip() else InvalidInputError("there is no text to translate") for text in texts
         ]

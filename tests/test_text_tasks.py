@@ -61,7 +61,9 @@ def test_summarize_merges_the_summaries_of_a_long_texts_parts():
 
 
 def test_text_tasks_fail_per_item_with_typed_errors():
-    chain = Summarize(max_words=5, model=FakeEngine(outputs=["word " * 200]), window_tokens=200)
+    chain = Summarize(
+        max_words=5, model=FakeEngine(outputs=["One two three."]), window_tokens=200, max_new_tokens=4
+    )
     results = chain.batch(["", "Some text to summarize."], return_exceptions=True)
     assert isinstance(results[0], InvalidInputError)
     assert isinstance(results[1], TruncatedOutputError)  # cut by the budget: an error, not a short summary
@@ -71,6 +73,16 @@ def test_text_tasks_fail_per_item_with_typed_errors():
         Translate("", model=FakeEngine())
     with pytest.raises(InvalidInputError, match="needs a 'text' and a 'translation'"):
         Translate("German", model=FakeEngine(), examples=[{"text": "hi"}])
+
+
+def test_the_grammar_holds_the_length_and_ends_a_summary_at_a_sentence_end():
+    # The fake walks the grammar at random: whatever it writes, the shape holds.
+    for seed in range(5):
+        summary = Summarize(max_words=6, model=FakeEngine(seed=seed), window_tokens=200).invoke(TEXT)
+        words = summary.summary.split(" ")
+        assert 1 <= len(words) <= 6 and summary.summary[-1] in ".!?。！？" and "\n" not in summary.summary
+        translation = Translate("German", model=FakeEngine(seed=seed)).invoke("Good morning.")
+        assert len(translation.translation.split(" ")) <= 2 * 2 + 8
 
 
 def test_rouge_and_translation_metrics():
