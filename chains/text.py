@@ -1,7 +1,7 @@
 """Chains that write free text about their input: ``Summarize`` and ``Translate``.
 
 The output is one paragraph of at most a given number of words, held to that by the grammar
-(words of up to 40 characters, single spaces, no line breaks; a summary also ends at a sentence's
+(words of up to 30 characters, single spaces, no line breaks; a summary also ends at a sentence's
 end), so a small model that would run on has to stop instead. An output the token budget still
 cuts off is a ``TruncatedOutputError``, never a shortened result. Inputs longer than
 ``window_tokens`` are split (``chains/windows.py``); each chain says how its parts merge.
@@ -80,7 +80,7 @@ class TextChain(Chain[Output]):
         ending at a sentence's end when ``sentence_end``), or the error in its place."""
         if not texts:
             return []
-        # Words are at most 40 characters, so a token budget of 3 per word is rarely reached.
+        # Words are at most 31 characters, so a token budget of 3 per word is rarely reached.
         budget = token_budget(settings, 3 * max(max_words) + 16)
         specs = [_paragraph(n, sentence_end) for n in max_words]
         generations = self._generate([self.prompt_for(t) for t in texts], list(specs), settings, budget)
@@ -97,11 +97,15 @@ class TextChain(Chain[Output]):
         return written
 
 
-_WORD = "[^ \\n\\t]{1,40}"
+# Every character Python counts as whitespace (str.split splits on them): none may sit inside a
+# word, so the words the grammar counts are the words a reader counts. They are all below U+3001.
+_SPACES = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace())
+# A comma or semicolon only ends a word: a model forced to stop cannot glue words together with them.
+_WORD = f"[^{_SPACES},;]{{1,30}}[,;]?"
 _SENTENCE_END = "[.!?。！？]"
 
 
 def _paragraph(max_words: int, sentence_end: bool) -> OutputSpec:
     """Up to ``max_words`` words on one line; with ``sentence_end`` the last one ends a sentence."""
-    last = f"[^ \\n\\t]{{0,39}}{_SENTENCE_END}" if sentence_end else _WORD
+    last = f"[^{_SPACES},;]{{0,30}}{_SENTENCE_END}" if sentence_end else _WORD
     return output_spec(Regex(f"(?:{_WORD} ){{0,{max(0, max_words - 1)}}}{last}"))

@@ -16,6 +16,8 @@ EXAMPLES = [
     "extract_receipt",
     "ner_news",
     "qa_paragraph",
+    "summarize_notes",
+    "translate_messages",
     "train_intents",
 ]
 

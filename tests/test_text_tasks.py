@@ -79,10 +79,15 @@ def test_the_grammar_holds_the_length_and_ends_a_summary_at_a_sentence_end():
     # The fake walks the grammar at random: whatever it writes, the shape holds.
     for seed in range(5):
         summary = Summarize(max_words=6, model=FakeEngine(seed=seed), window_tokens=200).invoke(TEXT)
-        words = summary.summary.split(" ")
-        assert 1 <= len(words) <= 6 and summary.summary[-1] in ".!?。！？" and "\n" not in summary.summary
+        words = summary.summary.split()
+        assert (
+            1 <= len(words) <= 6
+            and len(summary.summary.split(" ")) == len(words)
+            and summary.summary[-1] in ".!?。！？"
+            and "\n" not in summary.summary
+        )
         translation = Translate("German", model=FakeEngine(seed=seed)).invoke("Good morning.")
-        assert len(translation.translation.split(" ")) <= 2 * 2 + 8
+        assert len(translation.translation.split()) <= 2 * 2 + 8
 
 
 def test_rouge_and_translation_metrics():
