@@ -63,7 +63,8 @@ class ModelCallReport:
 
     @property
     def wants_tokens(self) -> bool:
-        return bool(self.runs) or self.on_text is not None
+        """Whether anyone listens to tokens (a run with no handlers needs only its start and end)."""
+        return any(run.handlers for run in self.runs) or self.on_text is not None
 
     def sink(self, index: int) -> Callable[[bytes], None]:
         """``on_token`` for request ``index``: bytes in, whole characters out (UTF-8 may split)."""

@@ -187,7 +187,7 @@ class LLGuidanceCursor:
         """Set ``row[t]`` for every token allowed next (``row`` is zeroed by the caller).
 
         A matcher that hit one of llguidance's work limits mid-output allows nothing but the end:
-        the output is then incomplete (``can_end`` is false) and fails as a typed error.
+        the text so far then fails validation, a typed error with the raw text, never a value.
         """
         eos = self.table.eos_id
         if self.done or self.matcher.is_error():
