@@ -37,6 +37,13 @@ from castline.schemas.settings import GenerationSettings
 DEFAULT_INSTRUCTION = "Find the named entities of the listed types in the user's text."
 
 
+def output_line(text: str, start: int, label: str, mention: str) -> str:
+    """The line the span decoder writes for ``mention`` at ``start`` of ``text``: it copies the
+    space before a mention along with it ("person: Ada" mid-text, "person:Ada" at the start).
+    Training targets and few-shot demonstrations use it, so all three agree."""
+    return f"{label}:{' ' if text[start - 1 : start] == ' ' else ''}{mention}"
+
+
 class NERInput(BaseModel):
     text: str = Field(description="the text to find entities in")
 
@@ -98,6 +105,13 @@ class RecognizeEntities(Chain[Entities]):
                     f"example {index}: entity {e} needs a label from {list(self.labels.names)} and "
                     "text that occurs in the example text"
                 )
+        # Demonstrations are written exactly as the span decoder writes its lines.
+        cursor = 0
+        for e in entities:
+            at = text.find(e["text"], cursor)
+            at = at if at >= 0 else text.find(e["text"])
+            e["line"] = output_line(text, at, e["label"], e["text"])
+            cursor = at + len(e["text"])
         return {"text": text, "entities": entities}
 
     def adapter_payload(self) -> dict[str, Any]:
@@ -117,11 +131,7 @@ class RecognizeEntities(Chain[Entities]):
             if e.start < cursor:
                 raise InvalidInputError(f"entity {e.text!r} overlaps the one before it")
             cursor = e.end
-        # The decoder copies a mention's leading space from the text when there is one.
-        lines = [
-            f"{e.label}:{' ' if text[e.start - 1 : e.start] == ' ' else ''}{e.text}"
-            for e in sorted(entities, key=lambda e: e.start)
-        ]
+        lines = [output_line(text, e.start, e.label, e.text) for e in sorted(entities, key=lambda e: e.start)]
         return self.prompt_for(text), "\n".join(lines)
 
     @property

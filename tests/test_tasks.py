@@ -10,6 +10,7 @@ import enum
 import math
 from typing import Literal
 
+import numpy as np
 import pytest
 import torch
 from pydantic import BaseModel, Field
@@ -18,7 +19,7 @@ from castline.chains.classify import Classify, MultiLabelClassify
 from castline.chains.extract import Extract
 from castline.chains.ner import RecognizeEntities
 from castline.chains.qa import AnswerQuestion
-from castline.models import Continuation
+from castline.models import Continuation, FakeEngine
 from castline.schemas import InvalidInputError, OutputTypeError
 from castline.schemas.results import Entities, Entity
 
@@ -231,3 +232,34 @@ def test_json_extraction_of_many_records(tiny_model):
 
     results = Extract(Tag, model=tiny_model, many=True, max_new_tokens=200).invoke("tags: a, b")
     assert isinstance(results, list) and all(isinstance(r, Tag) for r in results)
+
+
+def test_ner_demonstrations_training_targets_and_the_decoder_write_the_same_lines():
+    """A mention at offset 0 has no space to copy: "person:Ada"; mid-text ones do: "person: Bob"."""
+    from castline.models.protocol import SpanConstraint
+
+    example = {
+        "text": "Ada met Bob in Paris.",
+        "entities": [
+            {"text": "Ada", "label": "person"},
+            {"text": "Bob", "label": "person"},
+            {"text": "Paris", "label": "location"},
+        ],
+    }
+    engine = FakeEngine(outputs=["x"])
+    chain = RecognizeEntities(["person", "location"], model=engine, examples=[example])
+    expected = "person:Ada\nperson: Bob\nlocation: Paris"
+    assert "<assistant>\n" + expected + "\n<user>" in chain.prompt_for("Ada met Bob.").text
+    spans = [
+        {"text": e["text"], "label": e["label"], "start": example["text"].index(e["text"]),
+         "end": example["text"].index(e["text"]) + len(e["text"])}
+        for e in example["entities"]
+    ]  # fmt: skip
+    assert chain.training_pair({"text": example["text"]}, spans)[1] == expected
+    # The span decoder accepts exactly these lines, token by token (the fake's tokens are bytes).
+    cursor = engine.token_table.cursor(SpanConstraint(example["text"], ("person", "location")))
+    for byte in expected.encode():
+        row = np.zeros(engine.token_table.size, dtype=bool)
+        cursor.mask_into(row)
+        assert row[byte], expected.encode()[: cursor.consumed]
+        cursor.advance(byte)
