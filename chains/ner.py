@@ -91,13 +91,14 @@ class RecognizeEntities(Chain[Entities]):
 
     def _check_example(self, example: dict[str, Any], index: int) -> dict[str, Any]:
         text = example.get("text")
+        if not isinstance(text, str):
+            raise InvalidInputError(f"example {index} needs a 'text' string")
         entities = [
             dict(e) if not isinstance(e, BaseModel) else e.model_dump() for e in example.get("entities", [])
         ]
         for e in entities:
             if (
                 e.get("label") not in self.labels.names
-                or not isinstance(text, str)
                 or not isinstance(e.get("text"), str)
                 or e["text"] not in text
             ):
