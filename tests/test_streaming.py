@@ -156,3 +156,14 @@ def test_partials_arrive_while_the_embedded_model_is_still_writing():
     for _, partial in partials:
         for name in partial.model_fields_set:
             assert getattr(partial, name) == getattr(final, name)
+
+
+def test_astream_events_show_the_model_call():
+    chain = StructuredChain(Person, model=FakeEngine(outputs=[PERSON_JSON]))
+
+    async def kinds():
+        return [event["event"] async for event in chain.astream_events("x", version="v2")]
+
+    seen = asyncio.run(kinds())
+    assert seen[0] == "on_chain_start" and seen[-1] == "on_chain_end"
+    assert {"on_llm_start", "on_llm_stream", "on_llm_end"} <= set(seen)
