@@ -509,9 +509,9 @@ def test_an_outlines_core_compile_is_bounded_in_time_and_cached_on_disk(tmp_path
     cached = list((tmp_path / "grammars").glob("*.index"))
     assert len(cached) == 1
     # A new engine with the same vocabulary bytes loads the index from disk: no compile at all.
-    import castline.models.grammars.outlines_core as compiling
+    import castline.models.grammars.outlines_core as outlines_grammars
 
-    monkeypatch.setattr(compiling, "_compile_bounded", lambda *a: pytest.fail("compiled again"))
+    monkeypatch.setattr(outlines_grammars, "_compile_bounded", lambda *a: pytest.fail("compiled again"))
     assert StructuredChain(Literal["a", "b"], model=FakeEngine()).invoke("x") in ("a", "b")
 
 
