@@ -32,6 +32,7 @@ class Summarize(TextChain[Summary]):
     """
 
     output_key = "summary"
+    sentence_end = True
 
     def __init__(
         self,
@@ -65,6 +66,9 @@ class Summarize(TextChain[Summary]):
     def OutputType(self) -> type[Summary]:
         return Summary
 
+    def max_words_for(self, text: str) -> int:
+        return self.max_words
+
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         results: list[Any] = [
             None if x["text"].strip() else InvalidInputError("there is no text to summarize") for x in inputs
@@ -77,7 +81,7 @@ class Summarize(TextChain[Summary]):
                 for i, text in pending.items()
                 for s, e in sentence_windows(text, self.model, self.window_tokens)
             ]
-            written = self._write([p for _, p in parts], settings, [self.max_words] * len(parts), True)
+            written = self._write([p for _, p in parts], settings)
             by_item: dict[int, list[str]] = {}
             for (i, _), out in zip(parts, written, strict=True):
                 if isinstance(out, Exception):

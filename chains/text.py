@@ -9,7 +9,9 @@ cuts off is a ``TruncatedOutputError``, never a shortened result. Inputs longer 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,11 @@ class TextChain(Chain[Output]):
     """Render the task's template around each part of the text and generate free text for it."""
 
     output_key: str  # the example field that holds the expected output ("summary", "translation")
+    sentence_end: bool  # whether the output must end a sentence
+
+    def max_words_for(self, text: str) -> int:
+        """The most words the output for ``text`` may have."""
+        raise NotImplementedError
 
     def __init__(
         self,
@@ -67,22 +74,29 @@ class TextChain(Chain[Output]):
         return self.model.chat_prompt(self.template.render({**self.partials, "text": text}))
 
     def training_pair(self, input: Any, output: Any) -> tuple[Prompt, str]:
+        """The prompt and the target; a target the grammar could never produce is refused."""
         text = input["text"] if isinstance(input, Mapping) else input
         written = getattr(output, self.output_key, output)
         if not isinstance(text, str) or not isinstance(written, str) or not written.strip():
             raise InvalidInputError(f"a training pair needs a text and a non-empty {self.output_key}")
-        return self.prompt_for(text), written.strip()
+        written = written.strip()
+        limit = self.max_words_for(text)
+        if re.fullmatch(_paragraph(limit, self.sentence_end).pattern, written) is None:
+            raise InvalidInputError(
+                f"this {self.output_key} cannot be written by {type(self).__name__}, which writes one "
+                f"line of at most {limit} words{' ending a sentence' if self.sentence_end else ''} "
+                f"(it has {len(written.split())} words): {written[:80]!r}"
+            )
+        return self.prompt_for(text), written
 
-    def _write(
-        self, texts: list[str], settings: GenerationSettings, max_words: list[int], sentence_end: bool
-    ) -> list[str | CastlineError]:
-        """The model's text for each of ``texts`` (one generation each, at most ``max_words`` words,
-        ending at a sentence's end when ``sentence_end``), or the error in its place."""
+    def _write(self, texts: list[str], settings: GenerationSettings) -> list[str | CastlineError]:
+        """The model's text for each of ``texts`` (one generation each, held to the paragraph the
+        chain writes), or the error in its place."""
         if not texts:
             return []
+        specs = [_paragraph(self.max_words_for(t), self.sentence_end) for t in texts]
         # Words are at most 31 characters, so a token budget of 3 per word is rarely reached.
-        budget = token_budget(settings, 3 * max(max_words) + 16)
-        specs = [_paragraph(n, sentence_end) for n in max_words]
+        budget = token_budget(settings, 3 * max(self.max_words_for(t) for t in texts) + 16)
         generations = self._generate([self.prompt_for(t) for t in texts], list(specs), settings, budget)
         written: list[str | CastlineError] = []
         for generation in generations:
@@ -105,6 +119,7 @@ _WORD = f"[^{_SPACES},;]{{1,30}}[,;]?"
 _SENTENCE_END = "[.!?。！？]"
 
 
+@lru_cache(maxsize=256)
 def _paragraph(max_words: int, sentence_end: bool) -> OutputSpec:
     """Up to ``max_words`` words on one line; with ``sentence_end`` the last one ends a sentence."""
     last = f"[^{_SPACES},;]{{0,30}}{_SENTENCE_END}" if sentence_end else _WORD

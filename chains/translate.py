@@ -33,6 +33,7 @@ class Translate(TextChain[Translation]):
     """
 
     output_key = "translation"
+    sentence_end = False
 
     def __init__(
         self,
@@ -68,6 +69,11 @@ class Translate(TextChain[Translation]):
     def OutputType(self) -> type[Translation]:
         return Translation
 
+    def max_words_for(self, text: str) -> int:
+        # Twice the source's words and 8 more: room for any language pair, not for a model that
+        # runs on.
+        return 2 * len(text.split()) + 8
+
     def _run_batch(self, inputs: list[dict[str, Any]], settings: GenerationSettings) -> list[Any]:
         texts = [x["text"] for x in inputs]
         parts = [
@@ -75,10 +81,7 @@ class Translate(TextChain[Translation]):
             for i, text in enumerate(texts)
             for s, e in sentence_windows(text, self.model, self.window_tokens)
         ]
-        # A translation may have twice the source's words and 8 more: room for any language pair,
-        # not for a model that runs on.
-        sources = [texts[i][s:e] for i, s, e in parts]
-        written = self._write(sources, settings, [2 * len(x.split()) + 8 for x in sources], False)
+        written = self._write([texts[i][s:e] for i, s, e in parts], settings)
         results: list[Any] = [
             None if text.strip() else InvalidInputError("there is no text to translate") for text in texts
         ]

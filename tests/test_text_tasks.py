@@ -90,6 +90,20 @@ def test_the_grammar_holds_the_length_and_ends_a_summary_at_a_sentence_end():
         assert len(translation.translation.split()) <= 2 * 2 + 8
 
 
+def test_a_training_target_the_grammar_cannot_write_is_refused():
+    chain = Summarize(max_words=5, model=FakeEngine(), window_tokens=200)
+    prompt, target = chain.training_pair({"text": TEXT}, " Ada wrote a program. ")
+    assert target == "Ada wrote a program." and TEXT in prompt.text
+    with pytest.raises(InvalidInputError, match="at most 5 words ending a sentence"):
+        chain.training_pair({"text": TEXT}, "Ada Lovelace wrote the very first program.")
+    with pytest.raises(InvalidInputError, match="cannot be written"):
+        chain.training_pair({"text": TEXT}, "No full stop")
+    translate = Translate("French", model=FakeEngine())
+    assert translate.training_pair({"text": "Good morning"}, "Bonjour")[1] == "Bonjour"
+    with pytest.raises(InvalidInputError, match="one line"):
+        translate.training_pair({"text": "Good morning"}, "Bon\njour")
+
+
 def test_rouge_and_translation_metrics():
     assert rouge_scores(["the cat sat"], ["the cat sat"]) == {
         "rouge1": 100.0,
