@@ -4,6 +4,8 @@
     castline evaluate ner dev.conll --sample 200 --seed 1
     castline evaluate qa squad-dev.json --limit 100
     castline evaluate extract receipts.jsonl --schema myapp.schemas:Receipt --spans
+    castline evaluate summarize papers.jsonl --max-words 60          (ROUGE)
+    castline evaluate translate pairs.tsv --target-language French   (chrF, BLEU)
     castline train classify train.csv --out adapters/intents --sample 800 --eval dev.csv --json
     castline train --config train.toml --epochs 2       (settings from a TOML file; flags win)
     castline evaluate classify test.csv --adapter adapters/intents
