@@ -67,8 +67,9 @@ def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.Argum
             "data",
             type=Path,
             nargs=optional,
-            help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract); predict: JSONL of "
-            "input objects, or one text per line",
+            help="CSV/TSV (classify), CoNLL (ner), SQuAD JSON (qa), JSONL (extract), JSONL or CSV/TSV "
+            "of text and reference (summarize, translate); predict: JSONL of input objects, or one "
+            "text per line",
         )
         sub.add_argument(
             "--model", default=None, help="a local model directory or .gguf file (default: embedded)"
