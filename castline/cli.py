@@ -13,8 +13,9 @@
 
 Progress goes to stderr; with ``--json`` the last line of stdout is one JSON object with ``n``
 and the task's metrics. Exit status: 0 done, 2 bad input (a file, an option, the data), 3 the
-model or its server failed. Few-shot examples (``--few-shot K``: K per label for classify, K in all
-otherwise) are drawn with ``--seed`` from the data and left out of the evaluation.
+model or its server failed, 130 training interrupted by Ctrl-C (the best adapter so far is saved).
+Few-shot examples (``--few-shot K``: K per label for classify, K in all otherwise) are drawn with
+``--seed`` from the data and left out of the evaluation.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from castline.schemas.errors import CastlineError, DataError, UserError
 TASKS = ("classify", "ner", "qa", "extract", "summarize", "translate")
 EXIT_BAD_INPUT = 2  # as argparse's usage errors
 EXIT_MODEL_FAILURE = 3
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
 def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
@@ -123,6 +125,12 @@ def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.Argum
     tr.add_argument("--write-config", type=Path, help="write the settings to this TOML file and stop")
     tr.add_argument("--out", type=Path, help="directory to write the adapter to (required)")
     tr.add_argument("--eval", type=Path, help="labeled file evaluated after training (same format)")
+    tr.add_argument(
+        "--validate",
+        type=Path,
+        help="labeled file that chooses the adapter: the weights with its best task metric are kept",
+    )
+    tr.add_argument("--patience", type=int, default=0, help="evaluations without improvement before stopping")
     tr.add_argument("--rank", type=int, default=16)
     tr.add_argument("--alpha", type=int, default=32)
     tr.add_argument("--dropout", type=float, default=0.05)
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             result = run_train(args)
             print(json.dumps(result) if args.json else f"adapter written to {args.out}: {result}")
+            if result["interrupted"]:
+                print("castline: interrupted; the best adapter so far was written", file=sys.stderr)
+                return EXIT_INTERRUPTED
             return 0
         report = run_evaluate(args)
     except UserError as exc:  # the command, a file or an option is wrong: change it and rerun
@@ -241,6 +252,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     args.few_shot = 0
     data, _, every = _load(args)
     held_out = _read(args.task, args.eval, args) if args.eval else None
+    validation = _read(args.task, args.validate, args) if args.validate else None
     settings = LoraSettings(
         rank=args.rank,
         alpha=args.alpha,
@@ -250,12 +262,20 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size or 8,
         gradient_accumulation=args.grad_accum,
         seed=args.seed,
+        patience=args.patience,
     )
     chain = _chain(
-        args, load_model(args.model, engine=args.engine or "transformers"), every + (held_out or []), []
+        args,
+        load_model(args.model, engine=args.engine or "transformers"),
+        every + (held_out or []) + (validation or []),
+        [],
     )
     report = chain.fine_tune(
-        [_pair(args.task, x) for x in data], settings=settings, save_to=args.out, evaluate_on=held_out
+        [_pair(args.task, x) for x in data],
+        settings=settings,
+        save_to=args.out,
+        evaluate_on=held_out,
+        validate_on=validation,
     )
     return {
         "out": str(args.out),
@@ -264,6 +284,11 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         "training_seconds": round(report.seconds, 1),
         "train_loss": report.train_loss,
         "eval_losses": report.eval_losses,
+        "selected_by": report.selected_by,
+        "scores": report.scores,
+        "best_step": report.best_step,
+        "stopped_early": report.stopped_early,
+        "interrupted": report.interrupted,
         **report.evaluation,
     }
 

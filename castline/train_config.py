@@ -41,6 +41,7 @@ TRAIN_KEYS: dict[str, type] = {
     "data": Path,
     "out": Path,
     "eval": Path,
+    "validate": Path,
     "model": str,
     "engine": str,
     "labels": list,
@@ -65,6 +66,7 @@ TRAIN_KEYS: dict[str, type] = {
     "lr": float,
     "epochs": int,
     "grad_accum": int,
+    "patience": int,
 }
 CHOICES = {
     "task": ("classify", "ner", "qa", "extract", "summarize", "translate"),
@@ -141,4 +143,15 @@ def write_train_config(settings: dict[str, Any], path: Path) -> None:
 
 
 _MODEL = {"model", "engine"}
-_TRAINING = {"out", "rank", "alpha", "dropout", "lr", "epochs", "grad_accum", "batch_size", "seed"}
+_TRAINING = {
+    "out",
+    "rank",
+    "alpha",
+    "dropout",
+    "lr",
+    "epochs",
+    "grad_accum",
+    "batch_size",
+    "seed",
+    "patience",
+}

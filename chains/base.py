@@ -117,12 +117,17 @@ class Chain(Runnable[Any, Output], ABC):
         name: str | None = None,
         save_to: str | Path | None = None,
         evaluate_on: Sequence[Any] | None = None,
+        validate_on: Sequence[Any] | None = None,
     ) -> Any:
         """Train a LoRA adapter from ``(input, expected output)`` pairs and use it in this chain.
 
         Every example is checked before training starts; a bad one raises ``InvalidInputError``
-        naming its row. ``evaluate_on`` (records of ``castline.evaluation.readers``) is evaluated
-        after training and the figures go into the report and the saved metadata. ``settings`` is a
+        naming its row. ``validate_on`` (records of ``castline.evaluation.readers``) chooses the
+        adapter: at each evaluation the chain runs on it, and the weights with the best task metric
+        (accuracy, entity F1, ...) are kept; ``settings.patience`` stops training once it stops
+        improving. Without it the held-out loss chooses. ``evaluate_on`` is evaluated after
+        training and the figures go into the report and the saved metadata. A Ctrl-C keeps the
+        best adapter so far (saved as usual; ``report.interrupted``). ``settings`` is a
         ``castline.models.transformers.adapters.LoraSettings``; training needs the transformers engine.
         """
         self.model.require(Capability.TRAINING, f"{type(self).__name__}.fine_tune")
@@ -135,9 +140,30 @@ class Chain(Runnable[Any, Output], ABC):
             except (InvalidInputError, ValueError) as exc:
                 raise InvalidInputError(f"training example {row}: {exc}") from exc
         name = name or f"{type(self).__name__.lower()}-{len(self.model.adapters)}"
-        report = self.model.train_adapter(name, pairs, settings)  # type: ignore[attr-defined]
-        self.adapter = name
+        score = None
+        if validate_on:
+            from castline.evaluation.evaluate import evaluate, primary_metric
+
+            validation = list(validate_on)
+            task: list[str] = []
+
+            def metric() -> float:
+                self._adapter_changed()  # the weights moved: cached priors are stale
+                result = evaluate(self, validation)
+                task[:] = [result.task]
+                return result.metrics[primary_metric(result.task)]
+
+            score = (f"task metric on {len(validation)} validation records", metric)
+        previous = self.adapter
+        self.adapter = name  # validation runs the chain with the adapter being trained
+        try:
+            report = self.model.train_adapter(name, pairs, settings, score)  # type: ignore[attr-defined]
+        except BaseException:
+            self.adapter = previous
+            raise
         self._adapter_changed()
+        if score is not None and task:
+            report.selected_by = f"{primary_metric(task[0])} on {len(validation)} validation records"
         if evaluate_on:
             from castline.evaluation.evaluate import evaluate
 

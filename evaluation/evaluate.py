@@ -169,6 +169,21 @@ def evaluate_text_pairs(chain: Any, data: Sequence[TextPair], batch_size: int = 
     return _report(task, chain, [{"text": x.text} for x in data], batch_size, score)
 
 
+# The figure that ranks adapters for each task (higher is better).
+PRIMARY_METRICS = {
+    "classify": "accuracy",
+    "ner": "f1",
+    "qa": "f1",
+    "extract": "field_accuracy",
+    "summarize": "rougeL",
+    "translate": "chrf",
+}
+
+
+def primary_metric(task: str) -> str:
+    return PRIMARY_METRICS[task]
+
+
 def evaluate(chain: Any, data: Sequence[Any], batch_size: int | None = None) -> Report:
     """Evaluate ``chain`` on ``data``; the task follows from the records' type."""
     if not data:

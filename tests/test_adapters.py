@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from castline.chains import AnswerQuestion, Classify, Extract, RecognizeEntities, StructuredChain
 from castline.models import load_model
@@ -154,3 +155,69 @@ def test_bad_training_data_fails_before_training_with_row_and_reason(
 def test_lora_settings_validate_on_creation():
     with pytest.raises(UserError, match="rank"):
         LoraSettings(rank=0)
+
+
+def _weights(model, name):
+    return {n: p.detach().clone() for n, p in model.hf_model.named_parameters() if f".{name}." in n}
+
+
+def test_the_adapter_kept_is_the_best_by_the_validation_metric_and_patience_stops_early(
+    tiny_dir, monkeypatch
+):
+    from castline.evaluation.readers import LabeledText
+
+    model = fresh(tiny_dir)
+    chain = Classify(LABELS, model=model, calibrate=False)
+    validation = [LabeledText(t, LABELS[i % 3]) for i, t in enumerate(TEXTS[:6])]
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # the first evaluation is the best one
+    snapshots = []
+    import castline.evaluation.evaluate as evaluation
+
+    def scripted_evaluate(chain_, data, batch_size=None):
+        snapshots.append(_weights(model, chain_.adapter))
+        return evaluation.Report(task="classify", n=len(data), metrics={"accuracy": next(scores)}, seconds=0)
+
+    monkeypatch.setattr(evaluation, "evaluate", scripted_evaluate)
+    settings = LoraSettings(
+        rank=4, alpha=8, batch_size=2, epochs=3, learning_rate=5e-3, eval_every=2, patience=2
+    )
+    report = chain.fine_tune(
+        [({"text": t}, LABELS[i % 3]) for i, t in enumerate(TEXTS)], settings=settings, validate_on=validation
+    )
+    assert report.selected_by == "accuracy on 6 validation records"
+    assert report.best_step == 2 and report.stopped_early and len(report.scores) == 3
+    assert report.steps == 6  # stopped after two evaluations without improvement, not after 27 steps
+    kept = _weights(model, chain.adapter)
+    assert all(torch.equal(kept[n], snapshots[0][n]) for n in kept)  # the best weights, not the last
+
+
+def test_ctrl_c_keeps_the_best_adapter_and_saves_it_whole(tiny_dir, tmp_path, monkeypatch):
+    import castline.evaluation.evaluate as evaluation
+    from castline.evaluation.readers import LabeledText
+
+    model = fresh(tiny_dir)
+    chain = Classify(LABELS, model=model, calibrate=False)
+    calls = iter([0.7, KeyboardInterrupt])
+
+    def scripted_evaluate(chain_, data, batch_size=None):
+        value = next(calls)
+        if value is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return evaluation.Report(task="classify", n=len(data), metrics={"accuracy": value}, seconds=0)
+
+    monkeypatch.setattr(evaluation, "evaluate", scripted_evaluate)
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "stale.txt").write_text("from an earlier run")
+    settings = LoraSettings(rank=4, alpha=8, batch_size=2, epochs=2, learning_rate=5e-3, eval_every=2)
+    report = chain.fine_tune(
+        [({"text": t}, LABELS[i % 3]) for i, t in enumerate(TEXTS)],
+        settings=settings,
+        validate_on=[LabeledText(TEXTS[0], LABELS[0])],
+        save_to=tmp_path / "clf",
+    )
+    assert report.interrupted and report.best_step == 2
+    saved = {p.name for p in (tmp_path / "clf").iterdir()}
+    assert saved == {"adapter_config.json", "adapter_model.safetensors", "castline.json"}  # replaced whole
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clf")]  # no staging left behind
+    reloaded = fresh(tiny_dir)
+    Classify(LABELS, model=reloaded, calibrate=False).use_adapter(tmp_path / "clf")

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,7 @@ class LoraSettings:
     gradient_accumulation: int = 1
     eval_fraction: float = 0.1  # held out from the examples for evaluation loss
     eval_every: int = 0  # optimiser steps between evaluations; 0 evaluates halfway and at the end
+    patience: int = 0  # evaluations without improvement before training stops early; 0: never
     seed: int = 0
     max_length: int = 1024  # a longer (prompt + target) is an error, never silently cut
 
@@ -74,6 +78,7 @@ class LoraSettings:
             "batch_size": self.batch_size > 0,
             "gradient_accumulation": self.gradient_accumulation > 0,
             "eval_fraction": 0 <= self.eval_fraction < 1,
+            "patience": self.patience >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -91,6 +96,13 @@ class TrainingReport:
     train_loss: float
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     evaluation: dict[str, float] = field(default_factory=dict)  # task metrics, filled by the chain
+    # Model selection: the adapter kept is the one at best_step, by ``selected_by`` (a task metric
+    # on validation data, else the held-out loss); None when nothing was evaluated.
+    selected_by: str = "held-out loss"
+    scores: list[tuple[int, float]] = field(default_factory=list)  # (step, score), higher is better
+    best_step: int | None = None
+    stopped_early: bool = False
+    interrupted: bool = False  # Ctrl-C: the best adapter so far is kept
 
 
 def train_adapter(
@@ -98,8 +110,15 @@ def train_adapter(
     name: str,
     pairs: Sequence[tuple[Prompt, str]],
     settings: LoraSettings | None = None,
+    score: tuple[str, Callable[[], float]] | None = None,
 ) -> TrainingReport:
-    """Train a new LoRA adapter ``name`` on ``(prompt, target)`` pairs and leave it active."""
+    """Train a new LoRA adapter ``name`` on ``(prompt, target)`` pairs and leave it active.
+
+    At each evaluation the adapter is scored: by ``score`` (a metric's name and a function giving
+    it, higher is better, e.g. accuracy of the chain on validation data) or else by the held-out
+    loss. The best-scoring weights are kept in memory and are the ones left at the end, also when
+    ``patience`` stops training early or Ctrl-C interrupts it (``report.interrupted``).
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     settings = settings or LoraSettings()
@@ -141,7 +160,7 @@ def train_adapter(
         for p in params:
             p.data = p.data.float()  # LoRA weights train in fp32 even on a bf16 base
             p.requires_grad_(True)
-        report = _train_loop(model, params, train_rows, eval_rows, settings)
+        report = _train_loop(model, params, train_rows, eval_rows, settings, score)
         for p in params:
             p.requires_grad_(False)
         model.hf_model.eval()
@@ -203,7 +222,7 @@ def _loss(
     )
 
 
-def _train_loop(model, params, train_rows, eval_rows, settings: LoraSettings) -> TrainingReport:
+def _train_loop(model, params, train_rows, eval_rows, settings: LoraSettings, score) -> TrainingReport:
     from transformers import get_linear_schedule_with_warmup
 
     pad = model.tokenizer.pad_token_id
@@ -214,30 +233,67 @@ def _train_loop(model, params, train_rows, eval_rows, settings: LoraSettings) ->
     eval_every = settings.eval_every or max(1, total // 2)
     rng = random.Random(settings.seed)
     report = TrainingReport(len(train_rows), len(eval_rows), 0, 0.0, float("nan"))
+    if score is not None:
+        report.selected_by = score[0]
     started, step, running = time.perf_counter(), 0, []
+    best: list[torch.Tensor] | None = None  # the best weights so far, a copy in memory
+
+    def evaluate() -> bool:
+        """Score the adapter as it is now; keep its weights if best. False: stop (patience)."""
+        nonlocal best
+        if eval_rows:
+            report.eval_losses.append((step, _eval_loss(model, eval_rows, settings.batch_size, pad)))
+        if score is None and not eval_rows:
+            return True
+        model.hf_model.eval()
+        value = score[1]() if score is not None else -report.eval_losses[-1][1]
+        model.hf_model.train()
+        report.scores.append((step, value))
+        if report.best_step is None or value > max(v for s, v in report.scores[:-1]):
+            report.best_step, best = step, [p.detach().clone() for p in params]
+        since = sum(1 for s, _ in report.scores if s > report.best_step)
+        return not (settings.patience and since >= settings.patience)
+
     model.hf_model.train()
-    with tqdm(total=total, desc="training adapter", file=sys.stderr, unit="step") as bar:
-        for _ in range(settings.epochs):
-            rng.shuffle(train_rows)
-            for micro, batch in enumerate(_batches(train_rows, settings.batch_size, pad, model.device)):
-                loss = _loss(model, *batch) / settings.gradient_accumulation
-                loss.backward()
-                running.append(loss.item() * settings.gradient_accumulation)
-                if (micro + 1) % settings.gradient_accumulation:
-                    continue
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
-                if eval_rows and (step % eval_every == 0 or step == total):
-                    report.eval_losses.append((step, _eval_loss(model, eval_rows, settings.batch_size, pad)))
-                    bar.set_postfix(loss=f"{running[-1]:.3f}", eval=f"{report.eval_losses[-1][1]:.3f}")
+    try:
+        with tqdm(total=total, desc="training adapter", file=sys.stderr, unit="step") as bar:
+            for _ in range(settings.epochs):
+                rng.shuffle(train_rows)
+                for micro, batch in enumerate(_batches(train_rows, settings.batch_size, pad, model.device)):
+                    loss = _loss(model, *batch) / settings.gradient_accumulation
+                    loss.backward()
+                    running.append(loss.item() * settings.gradient_accumulation)
+                    if (micro + 1) % settings.gradient_accumulation:
+                        continue
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
+                    if step % eval_every == 0 or step == total:
+                        going_on = evaluate()
+                        if report.scores:
+                            bar.set_postfix(loss=f"{running[-1]:.3f}", score=f"{report.scores[-1][1]:.3f}")
+                        if not going_on:
+                            report.stopped_early = True
+                            raise _StopTraining
+    except _StopTraining:
+        pass
+    except KeyboardInterrupt:
+        report.interrupted = True
+    if best is not None:  # leave the best adapter, not the last one
+        with torch.no_grad():
+            for p, kept in zip(params, best, strict=True):
+                p.copy_(kept)
     report.steps, report.seconds = step, time.perf_counter() - started
     report.train_loss = sum(running[-20:]) / max(1, len(running[-20:]))
     return report
+
+
+class _StopTraining(Exception):
+    """Patience ran out: leave the loops, keep the best adapter."""
 
 
 def _eval_loss(model: TransformersEngine, rows, batch_size: int, pad: int) -> float:
@@ -254,14 +310,27 @@ def save_adapter(model: TransformersEngine, name: str, directory: Path, metadata
 
     if name not in model.adapters:
         raise UserError(f"no adapter named {name!r} on this model; loaded: {sorted(model.adapters)}")
-    directory.mkdir(parents=True, exist_ok=True)
-    model._peft_configs[name].save_pretrained(directory)
-    state = get_peft_model_state_dict(model.hf_model, adapter_name=name)
-    save_file(
-        {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
-        directory / "adapter_model.safetensors",
-    )
-    (directory / METADATA_FILE).write_text(json.dumps({**metadata, "base_model": model.name}, indent=2))
+    # Written into a staging folder beside the target and swapped in whole: an interrupted save
+    # leaves the previous adapter (or nothing), never a folder with some of the files.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    try:
+        model._peft_configs[name].save_pretrained(staging)
+        state = get_peft_model_state_dict(model.hf_model, adapter_name=name)
+        save_file(
+            {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
+            staging / "adapter_model.safetensors",
+        )
+        (staging / METADATA_FILE).write_text(json.dumps({**metadata, "base_model": model.name}, indent=2))
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old / directory.name)
+            os.replace(staging, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

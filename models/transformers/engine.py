@@ -130,10 +130,12 @@ class TransformersEngine(HFTokenizerText, Engine):
 
         return load_adapter(self, Path(directory), name)
 
-    def train_adapter(self, name: str, pairs: Sequence[tuple[Prompt, str]], settings: Any = None) -> Any:
+    def train_adapter(
+        self, name: str, pairs: Sequence[tuple[Prompt, str]], settings: Any = None, score: Any = None
+    ) -> Any:
         from castline.models.transformers.adapters import train_adapter
 
-        return train_adapter(self, name, pairs, settings)
+        return train_adapter(self, name, pairs, settings, score)
 
     def save_adapter(self, name: str, directory: str | os.PathLike[str], metadata: dict[str, Any]) -> Path:
         from castline.models.transformers.adapters import save_adapter
