@@ -359,7 +359,9 @@ def _chain(args: argparse.Namespace, model: Any, data: list[Any], shots: list[An
         examples: list[Any] = [
             {"text": x.text, "label": x.label} for x in shots if isinstance(x, LabeledText)
         ]
-        return Classify(labels, model=model, examples=examples, calibrate=not args.no_calibration)
+        # Calibration by default: on for the base model, off under an adapter (chains/classify.py).
+        calibrate = False if args.no_calibration else None
+        return Classify(labels, model=model, examples=examples, calibrate=calibrate)
     if args.task == "ner":
         from castline.chains.ner import RecognizeEntities
 
