@@ -94,9 +94,10 @@ class TextChain(Chain[Output]):
         chain writes), or the error in its place."""
         if not texts:
             return []
-        specs = [_paragraph(self.max_words_for(t), self.sentence_end) for t in texts]
+        limits = [self.max_words_for(t) for t in texts]
+        specs = [_paragraph(n, self.sentence_end) for n in limits]
         # Words are at most 31 characters, so a token budget of 3 per word is rarely reached.
-        budget = token_budget(settings, 3 * max(self.max_words_for(t) for t in texts) + 16)
+        budget = token_budget(settings, 3 * max(limits) + 16)
         generations = self._generate([self.prompt_for(t) for t in texts], list(specs), settings, budget)
         written: list[str | CastlineError] = []
         for generation in generations:
